@@ -1,0 +1,1 @@
+"""Built-in passes, installed as ``onnxopt.passes`` and registered through entry points."""
