@@ -142,6 +142,7 @@ def main() -> int:
             if not (np.isfinite(got).all() and cos > MIN_COS):
                 print(f"export_minilm: ORT disagrees with torch: {checks[-1]}", file=sys.stderr)
                 return 1
+        os.chmod(tmp, 0o644)
         os.replace(tmp, args.out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -177,6 +178,7 @@ def main() -> int:
     fd, tmp_rec = tempfile.mkstemp(dir=args.out.parent, prefix=f".{rec_path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(record, f, indent=1)
+    os.chmod(tmp_rec, 0o644)
     os.replace(tmp_rec, rec_path)
     worst = min(c["min_embedding_cosine"] for c in checks)
     print(f"[export] {args.out.name}: opset {record['opset']}, {record['nodes']} nodes, "

@@ -70,6 +70,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -294,7 +295,8 @@ def export_minilm(dest: Path, src_dir: Path, venv: Path, ver: Verified) -> None:
     e = MODELS[MINILM]
     out = dest / e["file"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+               TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
+               HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
     cmd = [str(py), str(HERE / "export_minilm.py"), "--src", str(src_dir), "--out", str(out),
            "--opset", str(e["opset"]), "--weights-sha256", e["weights"]["sha256"]]
     log(f"exporting {MINILM} -> {out}")

@@ -22,20 +22,24 @@ def subgraphs_of(node: gs.Node) -> list[gs.Graph]:
     return [v for v in node.attrs.values() if isinstance(v, gs.Graph)]
 
 
-def outer_inputs(graph: gs.Graph) -> set[gs.Tensor]:
-    """Tensors a (sub)graph reads but does not define: its implicit inputs from outer scopes."""
-    defined = set(graph.inputs)
-    used: set[gs.Tensor] = set()
+def outer_inputs(graph: gs.Graph) -> list[gs.Tensor]:
+    """Tensors a (sub)graph reads but does not define: its implicit inputs from outer scopes.
+
+    Constants are values: gs exports each one into every graph that reads it, so they never
+    need an outer-scope definition to stay alive. (gs tensors are unhashable: key by id.)
+    """
+    defined = {id(t) for t in graph.inputs}
     for node in graph.nodes:
-        defined.update(node.outputs)
+        defined.update(id(t) for t in node.outputs)
+    used: dict[int, gs.Tensor] = {}
     for node in graph.nodes:
-        used.update(t for t in node.inputs if not _is_empty(t))
+        for t in node.inputs:
+            if not _is_empty(t):
+                used[id(t)] = t
         for sub in subgraphs_of(node):
-            used.update(outer_inputs(sub))
-    used.update(t for t in graph.outputs)
-    # Constants are values: gs exports each one into every graph that reads it, so they never
-    # need an outer-scope definition to stay alive.
-    return {t for t in used if t not in defined and not isinstance(t, gs.Constant)}
+            used.update((id(t), t) for t in outer_inputs(sub))
+    used.update((id(t), t) for t in graph.outputs)
+    return [t for k, t in used.items() if k not in defined and not isinstance(t, gs.Constant)]
 
 
 def _is_empty(t: gs.Tensor) -> bool:

@@ -87,7 +87,7 @@ def random_inputs(model, shapes: dict[str, tuple[int, ...]] | None = None, seed:
         if dtype in (np.float32, np.float64, np.float16):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
-            feeds[name] = rng.random(shape) < 0.5
+            feeds[name] = np.asarray(rng.random(shape) < 0.5)
         elif dtype is np.str_:
             feeds[name] = np.array(rng.choice(["a", "bc", "def"], size=shape), dtype=object)
         else:
