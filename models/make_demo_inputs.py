@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import inputs  # noqa: E402
+import inputs  # models/inputs.py
 
 DEMO = HERE / "demo"
 MODEL = DEMO / "ppocr_cls.onnx"

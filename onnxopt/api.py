@@ -24,11 +24,24 @@ VERSION_KEY = "onnxopt.version"
 
 @dataclass
 class OptimizeResult:
-    model: onnx.ModelProto
+    """The optimized graph; ``model`` exports it in memory, ``save`` streams it to disk."""
+
+    graph: Any
+    template: onnx.ModelProto
     pipeline: Pipeline
     report: RunReport
     source: ir.LoadedModel
     extras: dict[str, Any] = field(default_factory=dict)
+    _model: onnx.ModelProto | None = None
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        if self._model is None:
+            self._model = ir.to_proto(self.graph, self.template)
+        return self._model
+
+    def save(self, path: str | Path, *, external: bool | None = None) -> Path:
+        return ir.save_graph(self.graph, self.template, path, external=external)
 
 
 def open_model(model: onnx.ModelProto | str | Path, *, check: bool = True) -> ir.LoadedModel:
@@ -76,11 +89,11 @@ def run_pipeline(model, passes: str | Pipeline | None = None, calib=None, *, che
         instruments.append(DumpAfter(dump_after, loaded.proto))
     graph = ir.to_graph(loaded)
     report = PassManager(pipeline, instruments).run(graph, ctx)
-    out = ir.to_proto(graph, loaded.proto)
-    previous = next((p.value for p in loaded.proto.metadata_props if p.key == PROVENANCE_KEY), "")
-    ir.set_metadata(out, PROVENANCE_KEY, f"{previous} | {pipeline}" if previous else str(pipeline))
-    ir.set_metadata(out, VERSION_KEY, __version__)
-    return OptimizeResult(out, pipeline, report, loaded)
+    template = ir.header_of(loaded.proto)
+    previous = next((p.value for p in template.metadata_props if p.key == PROVENANCE_KEY), "")
+    ir.set_metadata(template, PROVENANCE_KEY, f"{previous} | {pipeline}" if previous else str(pipeline))
+    ir.set_metadata(template, VERSION_KEY, __version__)
+    return OptimizeResult(graph, template, pipeline, report, loaded)
 
 
 def optimize(model: onnx.ModelProto | str | Path, passes: str | None = None, calib=None,

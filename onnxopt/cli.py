@@ -19,7 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import api, ir, summary
+import onnx
+
+from . import api, summary
 from .errors import OnnxoptError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -85,11 +87,9 @@ def optimize(
     result = api.run_pipeline(model, passes, calib, check=not no_check, verify_each=verify_each,
                               dump_after=dump_after, shapes=shapes)
     before = summary.summarize(result.source.proto, result.source.path)
-    after = summary.summarize(result.model)
-    after_size = summary.serialized_size(result.model)
     external = external_data if external_data is not None else (result.source.has_external_data or None)
-    ir.save(result.model, output, external=external)
-    after.file_bytes = summary.summarize(result.model, output).file_bytes or after_size
+    result.save(output, external=external)
+    after = summary.summarize(onnx.load(str(output), load_external_data=False), output)
     if report is not None:
         payload = {"input": str(model), "output": str(output), "pipeline": str(result.pipeline),
                    "passes": [r.to_dict() for r in result.report.records],

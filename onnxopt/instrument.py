@@ -74,8 +74,7 @@ class DumpAfter(Instrument):
 
     def after(self, p, graph, result, record):
         self.count += 1
-        model = ir.to_proto(graph, self.template)
-        ir.save(model, self.directory / f"{self.count:03d}_{p.name}.onnx")
+        ir.save_graph(graph, self.template, self.directory / f"{self.count:03d}_{p.name}.onnx")
 
 
 @dataclass

@@ -66,7 +66,7 @@ def load(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     loaded.has_external_data = _check_external_data(proto, path.parent, str(path))
     check_supported(proto, str(path))
     if check:
-        check_valid(proto, str(path))
+        check_valid(str(path) if loaded.has_external_data else proto, str(path))
     return loaded
 
 
@@ -114,7 +114,7 @@ def check_supported(proto: onnx.ModelProto, where: str) -> None:
             raise BadInputError(f"{where}: invalid opset version {imp.version}")
 
 
-def check_valid(proto: onnx.ModelProto, where: str) -> None:
+def check_valid(proto: onnx.ModelProto | str, where: str) -> None:
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
@@ -154,6 +154,8 @@ def _check_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> 
 def to_graph(loaded: LoadedModel) -> gs.Graph:
     """Import into gs; external weights become read-only memory maps (no RAM copy)."""
     graph = gs.import_onnx(loaded.proto)
+    graph.onnxopt_types = _record_types(loaded.proto)
+    graph.onnxopt_type_attrs = _record_type_attrs(loaded.proto)
     if loaded.has_external_data:
         for sub in iter_graphs(graph):
             for tensor in sub.tensors().values():
@@ -197,8 +199,42 @@ def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
 
 
 def to_proto(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
-    """Export, keeping what gs drops: model metadata, doc strings, every opset import."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    """Export to a self-contained proto (weights inline), keeping what gs drops."""
+    model, deferred = _export(graph, template)
+    try:
+        _fill_deferred(model, deferred)
+    finally:
+        _restore(deferred)
+    return model
+
+
+def _export(graph: gs.Graph, template: onnx.ModelProto):
+    """Export with large array-backed constants (memory-mapped weights) left as placeholders.
+
+    gs builds every TensorProto first and ``make_graph`` then copies them all, which would hold
+    the weights twice; placeholders keep the export itself weightless. Callers fill them in
+    (``_fill_deferred``) or stream them to disk (``save_graph``), then ``_restore``.
+    """
+    deferred = _defer_large_constants(graph)
+    # gs renames the source TensorProto of a lazily loaded constant in place when exporting it;
+    # put the names back so the caller's ModelProto is never modified.
+    lazy_names = [(p, p.name if p.HasField("name") else None) for p in _lazy_protos(graph)]
+    hidden = _hide_unexportable_types(graph)
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    except BaseException:
+        _restore(deferred)
+        raise
+    finally:
+        for proto, name in lazy_names:
+            if name is None:
+                proto.ClearField("name")
+            else:
+                proto.name = name
+        for tensor, dtype in hidden:
+            tensor.dtype = dtype
+    _restore_types(model, getattr(graph, "onnxopt_types", {}))
+    _restore_type_attrs(model, getattr(graph, "onnxopt_type_attrs", {}))
     for field in _MODEL_FIELDS:
         if template.HasField(field):
             setattr(model, field, getattr(template, field))
@@ -211,7 +247,149 @@ def to_proto(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     model.opset_import.extend(helper.make_opsetid(d, v) for d, v in versions.items())
     if template.training_info:
         model.training_info.extend(template.training_info)
-    return model
+    return model, deferred
+
+
+_GS_TYPES = ("tensor_type", "sequence_type", "sparse_tensor_type")
+
+
+def _record_types(proto: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Declared types of every named value: gs cannot express optional or nested types."""
+    types = {}
+    for gp in _graph_protos(proto.graph):
+        for vi in list(gp.input) + list(gp.output) + list(gp.value_info):
+            if vi.type.WhichOneof("value") is not None:
+                types[vi.name] = vi.type
+    return types
+
+
+def _record_type_attrs(proto: onnx.ModelProto) -> dict[str, list[onnx.AttributeProto]]:
+    """TYPE_PROTO attributes (e.g. Optional's ``type``), which gs drops, keyed by first output."""
+    found = {}
+    for gp in _graph_protos(proto.graph):
+        for node in gp.node:
+            attrs = [a for a in node.attribute if a.type in (onnx.AttributeProto.TYPE_PROTO,
+                                                             onnx.AttributeProto.TYPE_PROTOS)]
+            if attrs and node.output and node.output[0]:
+                found[node.output[0]] = attrs
+    return found
+
+
+def _restore_type_attrs(model: onnx.ModelProto, found: dict[str, list[onnx.AttributeProto]]) -> None:
+    if not found:
+        return
+    for gp in _graph_protos(model.graph):
+        for node in gp.node:
+            attrs = found.get(node.output[0]) if node.output else None
+            if attrs:
+                have = {a.name for a in node.attribute}
+                node.attribute.extend(a for a in attrs if a.name not in have)
+
+
+def _hide_unexportable_types(graph: gs.Graph) -> list[tuple[gs.Variable, object]]:
+    hidden = []
+    for sub in iter_graphs(graph):
+        for t in sub.tensors().values():
+            if isinstance(t, gs.Variable) and t.dtype is not None and getattr(t, "type", "tensor_type") not in _GS_TYPES:
+                hidden.append((t, t.dtype))
+                t.dtype = None
+    return hidden
+
+
+def _incomplete(tp: onnx.TypeProto) -> bool:
+    kind = tp.WhichOneof("value")
+    return kind is None or (kind == "tensor_type" and not tp.tensor_type.elem_type)
+
+
+def _restore_types(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
+    """Put back declared types gs lost; drop value_info entries that say nothing."""
+    for gp in _graph_protos(model.graph):
+        for vi in list(gp.input) + list(gp.output):
+            # Graph inputs and outputs are the contract: passes never change them, and gs loses
+            # details (scalar shapes, optional types, denotations), so the declared type wins.
+            original = types.get(vi.name)
+            if original is not None:
+                vi.type.CopyFrom(original)
+        keep = []
+        for vi in gp.value_info:
+            original = types.get(vi.name)
+            if original is not None and original.WhichOneof("value") not in (None, "tensor_type"):
+                vi.type.CopyFrom(original)
+            if not _incomplete(vi.type):
+                keep.append(vi)
+        if len(keep) != len(gp.value_info):
+            kept = [onnx.ValueInfoProto() for _ in keep]
+            for dst, src in zip(kept, keep):
+                dst.CopyFrom(src)
+            del gp.value_info[:]
+            gp.value_info.extend(kept)
+
+
+def _lazy_protos(graph: gs.Graph) -> Iterator[onnx.TensorProto]:
+    scopes = [g for top in [graph, *graph.functions] for g in iter_graphs(top)]
+    for sub in scopes:
+        tensors = list(sub.tensors().values())
+        tensors += [v for node in sub.nodes for v in node.attrs.values() if isinstance(v, gs.Constant)]
+        for t in tensors:
+            proto = getattr(getattr(t, "_values", None), "tensor", None)
+            if isinstance(proto, onnx.TensorProto):
+                yield proto
+
+
+def header_of(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Everything but the graph and functions: what export restores (no weights copied)."""
+    header = onnx.ModelProto()
+    for field in _MODEL_FIELDS:
+        if proto.HasField(field):
+            setattr(header, field, getattr(proto, field))
+    header.opset_import.extend(proto.opset_import)
+    header.metadata_props.extend(proto.metadata_props)
+    header.training_info.extend(proto.training_info)
+    return header
+
+
+def _restore(deferred) -> None:
+    for const, values in deferred.values():
+        const._values = values
+
+
+DEFER_BYTES = 1 << 20
+
+
+def _defer_large_constants(graph: gs.Graph) -> dict[str, tuple[gs.Constant, np.ndarray]]:
+    deferred = {}
+    for sub in iter_graphs(graph):
+        for tensor in sub.tensors().values():
+            values = getattr(tensor, "_values", None)
+            if (isinstance(tensor, gs.Constant) and isinstance(values, np.ndarray) and values.nbytes >= DEFER_BYTES
+                    and values.dtype.kind in "biuf" and np.dtype(tensor.export_dtype or values.dtype) == values.dtype):
+                deferred[tensor.name] = (tensor, values)
+                tensor._values = np.empty((0,), dtype=values.dtype)
+    return deferred
+
+
+def _graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graph_protos(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_protos(sub)
+
+
+def _fill_deferred(model: onnx.ModelProto, deferred: dict[str, tuple[gs.Constant, np.ndarray]]) -> None:
+    if not deferred:
+        return
+    for gp in _graph_protos(model.graph):
+        for init in gp.initializer:
+            item = deferred.get(init.name)
+            if item is None or init.raw_data or list(init.dims) != [0]:
+                continue
+            values = item[1]
+            del init.dims[:]
+            init.dims.extend(values.shape)
+            init.raw_data = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
 
 
 def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
@@ -262,6 +440,101 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | No
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
+
+
+def _mapped_file(values: np.ndarray) -> tuple[str, int] | None:
+    """(file, byte offset) when ``values`` is exactly a memory map of a file region."""
+    base = values
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    if base is None or getattr(base, "filename", None) is None or base.nbytes != values.nbytes:
+        return None
+    if values.__array_interface__["data"][0] != base.__array_interface__["data"][0]:
+        return None
+    if not values.flags.c_contiguous or values.dtype.byteorder == ">":
+        return None
+    return base.filename, int(base.offset)
+
+
+def _write_tensor(fh, values: np.ndarray, chunk: int = 64 << 20) -> None:
+    """Stream one tensor into ``fh``: file-to-file for memory maps, so RSS stays flat."""
+    source = _mapped_file(values)
+    if source is not None:
+        remaining = values.nbytes
+        with open(source[0], "rb") as src:
+            src.seek(source[1])
+            while remaining:
+                block = src.read(min(chunk, remaining))
+                if not block:
+                    raise BadInputError(f"{source[0]}: external data ended early")
+                fh.write(block)
+                remaining -= len(block)
+        return
+    flat = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).reshape(-1)
+    step = max(1, chunk // max(1, flat.itemsize))
+    for start in range(0, flat.size, step):
+        fh.write(flat[start:start + step].tobytes())
+
+
+def save_graph(graph: gs.Graph, template: onnx.ModelProto, path: str | os.PathLike, *,
+               external: bool | None = None, align: int = 4096) -> Path:
+    """Export and write atomically; large weights stream straight to ``<name>.data``.
+
+    This is the path for big models: weights that came memory-mapped go file to file and are
+    never all in RAM, so a 2 GB+ model round-trips with at most one copy resident.
+    """
+    model, deferred = _export(graph, template)
+    try:
+        deferred_bytes = sum(v.nbytes for _, v in deferred.values())
+        if external is None:
+            external = deferred_bytes + weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+        if not external:
+            _fill_deferred(model, deferred)
+            return save(model, path, external=False)
+        out = Path(path)
+        if not out.parent.exists():
+            raise UsageError(f"{out.parent}: output directory does not exist")
+        data_name = out.name + ".data"
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            with open(tmpdir / data_name, "wb") as fh:
+                for gp in _graph_protos(model.graph):
+                    for init in gp.initializer:
+                        item = deferred.get(init.name)
+                        if item is not None and not init.raw_data and list(init.dims) == [0]:
+                            values = item[1]
+                            del init.dims[:]
+                            init.dims.extend(values.shape)
+                        elif init.HasField("raw_data") and len(init.raw_data) >= 1024:
+                            values = None
+                        else:
+                            continue
+                        pad = (-fh.tell()) % align
+                        fh.write(b"\0" * pad)
+                        offset = fh.tell()
+                        if values is None:
+                            fh.write(init.raw_data)
+                            init.ClearField("raw_data")
+                        else:
+                            _write_tensor(fh, values)
+                        length = fh.tell() - offset
+                        init.data_location = onnx.TensorProto.EXTERNAL
+                        del init.external_data[:]
+                        for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                            init.external_data.add(key=key, value=value)
+                fh.flush()
+                os.fsync(fh.fileno())
+            with open(tmpdir / out.name, "wb") as fh:
+                fh.write(model.SerializeToString())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmpdir / data_name, out.parent / data_name)
+            os.replace(tmpdir / out.name, out)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        return out
+    finally:
+        _restore(deferred)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,8 +589,11 @@ def constant_digest(const: gs.Constant) -> str:
         copy.CopyFrom(proto)
         copy.name = ""
         return hashlib.sha1(copy.SerializeToString()).hexdigest()
-    values = np.ascontiguousarray(const.values)
-    head = f"{values.dtype}{values.shape}".encode()
+    values = np.asarray(const.values)  # not ascontiguousarray: that turns 0-d into shape (1,)
+    digest = hashlib.sha1(f"{values.dtype}{values.shape}".encode())
     if values.dtype == object:
-        return hashlib.sha1(head + repr(values.tolist()).encode()).hexdigest()
-    return hashlib.sha1(head + values.tobytes()).hexdigest()
+        digest.update(repr(values.tolist()).encode())
+    else:
+        flat = np.ascontiguousarray(values).reshape(-1)
+        digest.update(memoryview(flat.view(np.uint8)))  # no copy of big contiguous weights
+    return digest.hexdigest()

@@ -28,6 +28,9 @@ class Registry:
         self._passes[cls.name] = cls
         return cls
 
+    def unregister(self, name: str) -> None:
+        self._passes.pop(name, None)
+
     def _load_entry_points(self) -> None:
         if self._loaded:
             return

@@ -110,17 +110,24 @@ def lift_constants(graph: gs.Graph) -> int:
 
 
 def merge_duplicate_constants(graph: gs.Graph) -> int:
-    """Point every reader of a constant at the first constant with the same dtype, shape, bytes."""
-    first: dict[str, gs.Constant] = {}
-    merged = 0
+    """Point every reader of a constant at the first constant with the same dtype, shape, bytes.
+
+    Only constants whose dtype and shape collide are hashed, so big unique weights are not read.
+    """
+    by_shape: dict[tuple, list[gs.Constant]] = {}
     seen: set[int] = set()
     for node in graph.nodes:
         for t in node.inputs:
-            if not isinstance(t, gs.Constant) or id(t) in seen or is_graph_io(graph, t):
-                continue
-            seen.add(id(t))
-            key = ir.constant_digest(t)
-            keeper = first.setdefault(key, t)
+            if isinstance(t, gs.Constant) and id(t) not in seen and not is_graph_io(graph, t):
+                seen.add(id(t))
+                by_shape.setdefault((str(t.dtype), tuple(t.shape)), []).append(t)
+    merged = 0
+    for group in by_shape.values():
+        if len(group) < 2:
+            continue
+        first: dict[str, gs.Constant] = {}
+        for t in group:
+            keeper = first.setdefault(ir.constant_digest(t), t)
             if keeper is not t:
                 replace_all_uses(t, keeper)
                 merged += 1

@@ -15,11 +15,10 @@ _SKIP_REASONS = {harness.SKIP_GIVEN, harness.SKIP_FROZEN}
 
 
 def _pass_names() -> tuple[list[str], object]:
-    names, factory = harness.onnxopt_passes()
-    override = os.environ.get("ONNXOPT_CONFORMANCE_PASSES", "").strip()
-    if override:
-        names = [n.strip() for n in override.split(",") if n.strip()]
-    return names, factory
+    override = [
+        n.strip() for n in os.environ.get("ONNXOPT_CONFORMANCE_PASSES", "").split(",") if n.strip()
+    ]
+    return harness.onnxopt_passes(override or None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -104,8 +103,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     tr = terminalreporter
     tr.write_sep("=", "onnxopt node conformance")
     tr.write_line(
-        f"onnx {onnx.__version__} node cases run: {len(cases)}; onnxruntime {onnxruntime.__version__} "
-        "(CPU, graph optimizations off)"
+        f"onnx {onnx.__version__} node cases run: {len(cases)}; "
+        f"onnxruntime {onnxruntime.__version__} (CPU, graph optimizations off)"
     )
     tr.write_line(
         f"{'pass':<14}{'mode':<8}{'ORT passes':>11}{'still pass':>12}{'kept':>9}"

@@ -102,7 +102,9 @@ def _make_case(tc: Any) -> Case:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            case.inputs = [_normalise(v, vi) for v, vi in zip(inputs, model.graph.input, strict=True)]
+            case.inputs = [
+                _normalise(v, vi) for v, vi in zip(inputs, model.graph.input, strict=True)
+            ]
             case.expected = [
                 _normalise(v, vi) for v, vi in zip(outputs, model.graph.output, strict=True)
             ]
@@ -135,6 +137,7 @@ def _cache_key() -> str:
     node_dir = Path(node_mod.__file__).parent
     h = hashlib.sha256(onnx.__version__.encode())
     h.update(np.__version__.encode())
+    h.update(Path(__file__).read_bytes())  # this file decides how cases are normalised
     for p in sorted(node_dir.glob("*.py")):
         st = p.stat()
         h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -235,10 +238,13 @@ _NUMPY_NATIVE = {
 
 
 def _is_exotic(value: Any) -> bool:
-    return isinstance(value, np.ndarray) and (
-        value.dtype.kind == "V" or type(value.dtype).__module__.startswith("ml_dtypes")
-        or value.dtype.name in {"bfloat16"} or value.dtype.name.startswith(("float8", "float4", "int4", "uint4", "int2", "uint2", "float6"))
-    )
+    """An ml_dtypes array (bfloat16, float8*, float4, int4, int2, ...)."""
+    return isinstance(value, np.ndarray) and _is_ml_dtype(value.dtype)
+
+
+def _is_ml_dtype(dtype: np.dtype) -> bool:
+    # kind is not enough: float8_e5m2 reports kind "f", the others "V"
+    return dtype.isbuiltin == 2 or dtype.type.__module__.startswith("ml_dtypes")
 
 
 def _to_ortvalue(value: np.ndarray) -> Any:
@@ -252,7 +258,8 @@ def _to_ortvalue(value: np.ndarray) -> Any:
     ov = ort.OrtValue.ortvalue_from_shape_and_type(list(value.shape), tp.data_type, "cpu")
     if ov.tensor_size_in_bytes() != len(raw):
         raise RuntimeError(
-            f"cannot feed {value.dtype}: ORT wants {ov.tensor_size_in_bytes()} bytes, have {len(raw)}"
+            f"cannot feed {value.dtype}: ORT wants {ov.tensor_size_in_bytes()} bytes, "
+            f"have {len(raw)}"
         )
     if raw:
         ctypes.memmove(ov.data_ptr(), raw, len(raw))
@@ -287,10 +294,15 @@ def run_ort(model: onnx.ModelProto, feeds: Sequence[Any]) -> list[Any]:
     sess = ort.InferenceSession(
         model.SerializeToString(), so, providers=["CPUExecutionProvider"]
     )
-    names = [i.name for i in sess.get_inputs()]
+    # Feed by the model's own graph-input names (those that are not also initializers), not
+    # by session order: the names are what a transform must keep.
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
     if len(names) != len(feeds):
-        raise RuntimeError(f"session wants {len(names)} inputs {names}, have {len(feeds)} feeds")
-    feed = {n: (_to_ortvalue(v) if _is_exotic(v) else v) for n, v in zip(names, feeds, strict=True)}
+        raise RuntimeError(f"model has {len(names)} inputs {names}, have {len(feeds)} feeds")
+    feed = {
+        n: (_to_ortvalue(v) if _is_exotic(v) else v) for n, v in zip(names, feeds, strict=True)
+    }
     outs = list(model.graph.output)
     out_names = [o.name for o in outs]
     exotic = [
@@ -312,7 +324,9 @@ def run_ort(model: onnx.ModelProto, feeds: Sequence[Any]) -> list[Any]:
     ]
 
 
-def assert_similar_outputs(ref: Sequence[Any], out: Sequence[Any], rtol: float, atol: float) -> None:
+def assert_similar_outputs(
+    ref: Sequence[Any], out: Sequence[Any], rtol: float, atol: float
+) -> None:
     """onnx.backend.test.runner.Runner.assert_similar_outputs, plus optional None handling."""
     np.testing.assert_equal(len(out), len(ref), err_msg="number of outputs")
     for i, (r, o) in enumerate(zip(ref, out, strict=True)):
@@ -322,7 +336,9 @@ def assert_similar_outputs(ref: Sequence[Any], out: Sequence[Any], rtol: float, 
             continue
         if isinstance(r, (list, tuple)) or isinstance(o, (list, tuple)):
             if not (isinstance(r, (list, tuple)) and isinstance(o, (list, tuple))):
-                raise AssertionError(f"output {i}: expected {type(r).__name__}, got {type(o).__name__}")
+                raise AssertionError(
+                    f"output {i}: expected {type(r).__name__}, got {type(o).__name__}"
+                )
             np.testing.assert_equal(len(o), len(r), err_msg=f"output {i}: sequence length")
             assert_similar_outputs(list(r), list(o), rtol, atol)
             continue
@@ -337,7 +353,7 @@ def assert_similar_outputs(ref: Sequence[Any], out: Sequence[Any], rtol: float, 
         if o.dtype.name == "bfloat16":
             out_rtol = max(rtol, 2**-6)  # two bfloat16 ULPs, as onnx's runner
             o, r = o.astype(np.float32), r.astype(np.float32)
-        elif o.dtype.kind == "V" or (o.dtype.kind not in "biufc" and o.dtype != bool):
+        elif _is_ml_dtype(o.dtype):
             # ml_dtypes float8 / int4 / float4 and the like: compare as float32
             o, r = o.astype(np.float32), r.astype(np.float32)
         np.testing.assert_allclose(o, r, rtol=out_rtol, atol=atol, err_msg=f"output {i}")
@@ -396,6 +412,10 @@ def _io_names(m: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return [i.name for i in m.graph.input], [o.name for o in m.graph.output]
 
 
+def _io_types(m: onnx.ModelProto) -> list[bytes]:
+    return [vi.type.SerializeToString(deterministic=True) for vi in list(m.graph.input) + list(m.graph.output)]
+
+
 def check_transformed(
     case: Case, mode: str, transform: Transform, *, check_mutation: bool = True
 ) -> None:
@@ -433,10 +453,14 @@ def check_transformed(
             f"graph inputs/outputs changed: inputs {want_in} -> {got_in}, "
             f"outputs {want_out} -> {got_out}"
         )
+    if check_mutation and _io_types(out) != _io_types(model):
+        raise ConformanceFailure("graph input/output types changed")
     try:
         got = run_ort(out, feeds)
     except Exception as e:
-        raise ConformanceFailure(f"ORT fails on the result: {type(e).__name__}: {str(e).strip()[:2000]}") from e
+        raise ConformanceFailure(
+            f"ORT fails on the result: {type(e).__name__}: {str(e).strip()[:2000]}"
+        ) from e
     try:
         assert_similar_outputs(ref.outputs, got, case.rtol, case.atol)
     except AssertionError as e:
@@ -474,29 +498,42 @@ def load_transform(spec: str) -> Transform:
     return obj
 
 
-def onnxopt_passes() -> tuple[list[str], Callable[[str], Transform]]:
+def onnxopt_passes(
+    override: Sequence[str] | None = None,
+) -> tuple[list[str], Callable[[str], Transform]]:
     """The lossless passes under test and a factory for their transforms.
 
-    Falls back to the gs round-trip (named ``gsroundtrip``) while onnxopt has no
-    ``optimize`` / ``registry.lossless_pass_names`` yet.
+    Names come from ``onnxopt.registry.lossless_pass_names()`` unless ``override`` is given.
+    While onnxopt has neither ``optimize`` nor ``registry.lossless_pass_names`` (before they are
+    written) an onnx-graphsurgeon round-trip named ``gsroundtrip`` stands in; having one
+    without the other is an error rather than a silent fallback, so a broken onnxopt cannot
+    turn the suite green.  ``gsroundtrip`` may also be named in ``override``.
     """
-    names: list[str] | None = None
-    optimize = None
+    import onnxopt  # an import error here is a real error
+
+    optimize = getattr(onnxopt, "optimize", None)
     try:
-        import onnxopt
-
-        optimize = getattr(onnxopt, "optimize", None)
-        from onnxopt import registry
-
-        names = list(registry.lossless_pass_names())
-    except Exception:  # noqa: BLE001 - not written yet
-        names = None
-    if optimize is None or names is None:
-        return ["gsroundtrip"], lambda _name: gs_roundtrip
+        registry = importlib.import_module("onnxopt.registry")
+    except ModuleNotFoundError as e:
+        if e.name != "onnxopt.registry":
+            raise
+        registry = None
+    lossless = getattr(registry, "lossless_pass_names", None)
 
     def factory(name: str) -> Transform:
         if name == "gsroundtrip":
             return gs_roundtrip
+        if optimize is None:
+            raise RuntimeError(f"onnxopt has no optimize(); cannot run pass {name!r}")
         return lambda m: optimize(m, passes=name)
 
-    return names, factory
+    if override:
+        return list(override), factory
+    if optimize is None and lossless is None:
+        return ["gsroundtrip"], factory
+    if optimize is None or lossless is None:
+        missing = "onnxopt.optimize" if optimize is None else "onnxopt.registry.lossless_pass_names"
+        raise RuntimeError(
+            f"{missing} is missing; set ONNXOPT_CONFORMANCE_PASSES=name,... to choose passes"
+        )
+    return list(lossless()), factory

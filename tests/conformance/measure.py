@@ -221,7 +221,9 @@ def measure(spec: str, names: list[str], jobs: int, timeout: float, quiet: bool 
                         dead = True
                     else:
                         if kind == "fatal":
-                            raise SystemExit(f"measure.py: cannot load transform {spec!r}: {payload}")
+                            raise SystemExit(
+                                f"measure.py: cannot load transform {spec!r}: {payload}"
+                            )
                         if kind == "result":
                             name, res = payload
                             results[name] = res
