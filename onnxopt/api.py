@@ -78,7 +78,8 @@ def run_pipeline(model, passes: str | Pipeline | None = None, calib=None, *, che
     loaded = open_model(model, check=check)
     data = open_data(calib)
     ctx = PassContext(opsets={imp.domain: imp.version for imp in loaded.proto.opset_import},
-                      ir_version=loaded.proto.ir_version, calib=data, progress=progress)
+                      ir_version=loaded.proto.ir_version, calib=data, progress=progress,
+                      header=ir.header_of(loaded.proto))
     instruments: list[Instrument] = []
     if change_guard:
         instruments.append(ChangeGuard())

@@ -21,7 +21,7 @@ from rich.table import Table
 
 import onnx
 
-from . import api, summary
+from . import api, ir, summary
 from .errors import OnnxoptError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -43,6 +43,15 @@ class PassContext:
     progress: Callable[[str, int, int], None] | None = None
     analyses: dict[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)
+    header: Any = None                             # onnx.ModelProto without graph: ir_version, opsets, metadata
+
+    def to_model(self, graph: gs.Graph):
+        """Export the current graph as a self-contained ModelProto (for ORT runs inside a pass)."""
+        from . import ir
+
+        if self.header is None:
+            raise RuntimeError("PassContext.header is not set")
+        return ir.to_proto(graph, self.header)
 
     @property
     def opset(self) -> int:
