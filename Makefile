@@ -20,8 +20,11 @@ models: $(STAMP)
 
 demo: $(STAMP)
 	@mkdir -p $(OUT)
-	$(BIN)/onnxopt info models/demo/ppocr_cls.onnx
-	$(BIN)/onnxopt optimize models/demo/ppocr_cls.onnx -o $(OUT)/ppocr_cls.opt.onnx --verify-each --time-passes --report $(OUT)/ppocr_cls.report.json
+	$(BIN)/onnxopt info models/demo/ppocr_cls.onnx | head -12
+	$(BIN)/onnxopt optimize models/demo/ppocr_cls.onnx -o $(OUT)/ppocr_cls.opt.onnx \
+		--inputs models/demo/ppocr_cls_inputs.npz --validate --verify-each --time-passes \
+		--report $(OUT)/ppocr_cls.report.html
+	@echo "report: $(OUT)/ppocr_cls.report.html"
 
 # Unit, golden, CLI, real-model and conformance tests (slow ones included; CI runs this).
 test: $(STAMP) models

@@ -13,7 +13,7 @@ from .data import Dataset
 from .errors import UsageError
 from .instrument import ChangeGuard, DumpAfter, Instrument, Reference, VerifyEach
 from .manager import PassManager, RunReport
-from .pass_base import PassContext
+from .pass_base import Numerics, PassContext
 from .pipeline import Pipeline, parse
 from .registry import default_pipeline
 from .version import __version__
@@ -40,8 +40,16 @@ class OptimizeResult:
             self._model = ir.to_proto(self.graph, self.template)
         return self._model
 
-    def save(self, path: str | Path, *, external: bool | None = None) -> Path:
-        return ir.save_graph(self.graph, self.template, path, external=external)
+    def save(self, path: str | Path, *, external: bool | None = None, before_commit=None) -> Path:
+        """Write atomically; ``before_commit(tmp_path)`` may veto (raise) before the file appears."""
+        return ir.save_graph(self.graph, self.template, path, external=external, before_commit=before_commit)
+
+    @property
+    def numerics(self) -> Numerics:
+        """The loosest promise of the passes that ran: what validation holds the output to."""
+        order = [Numerics.EXACT, Numerics.APPROX, Numerics.LOSSY]
+        seen = [Numerics(r.numerics) for r in self.report.records] or [Numerics.EXACT]
+        return max(seen, key=order.index)
 
 
 def open_model(model: onnx.ModelProto | str | Path, *, check: bool = True) -> ir.LoadedModel:

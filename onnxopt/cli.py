@@ -22,7 +22,7 @@ from rich.table import Table
 import onnx
 
 from . import api, ir, summary
-from .errors import OnnxoptError, UsageError
+from .errors import CheckFailedError, OnnxoptError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ONNX graph-rewriting passes, checked in ONNX Runtime.")
@@ -64,13 +64,36 @@ def _fmt_bytes(n: int | None) -> str:
     return str(n)
 
 
+def _progress(enabled: bool):
+    """A rich progress bar fed by the library's (what, done, total) callbacks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled:
+        return None, None
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done, total=total)
+
+    return bar, update
+
+
+_TOLERANCE = {"exact": 1e-5, "approx": 1e-4, "lossy": float("inf")}
+
+
 @app.command()
 def optimize(
     model: Path = typer.Argument(..., help="input .onnx model"),
     output: Path = typer.Option(..., "-o", "--output", help="where to write the optimized model"),
     passes: Optional[str] = typer.Option(None, "-p", "--passes", help="pipeline, e.g. 'cleanup,fold,fuse'"),
     calib: Optional[Path] = typer.Option(None, "--calib", help=".npz file or directory of them"),
-    report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report of every pass"),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="validation inputs (default: --calib, else random)"),
+    report: Optional[Path] = typer.Option(None, "--report", help="write the report: .json or .html"),
+    validate_out: bool = typer.Option(False, "--validate", help="compare and bench input vs output before writing"),
     verify_each: bool = typer.Option(False, "--verify-each", help="check validity and numerics after every pass"),
     time_passes: bool = typer.Option(False, "--time-passes", help="print seconds per pass"),
     dump_after: Optional[Path] = typer.Option(None, "--dump-after", help="write NNN_<pass>.onnx after each pass"),
@@ -79,46 +102,174 @@ def optimize(
                                                  help="weights in OUT.onnx.data (default: as needed)"),
     no_check: bool = typer.Option(False, "--no-check", help="skip onnx.checker on the input"),
     shape: Optional[list[str]] = typer.Option(None, "--shape", help="pin symbolic dims: NAME=1,3,224,224"),
+    threads: int = typer.Option(0, "--threads", help="ORT threads for --validate latency (0: ORT default)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="print nothing on success"),
 ):
     """Run a pipeline of passes over MODEL and write the result atomically."""
+    from . import benchmark, report as report_mod, validate
+    from .data import Dataset
+
     _check_output(model, output, force)
     shapes = _parse_shapes(shape)
-    result = api.run_pipeline(model, passes, calib, check=not no_check, verify_each=verify_each,
-                              dump_after=dump_after, shapes=shapes)
-    before = summary.summarize(result.source.proto, result.source.path)
-    external = external_data if external_data is not None else (result.source.has_external_data or None)
-    result.save(output, external=external)
+    bar, progress = _progress(not (quiet or as_json))
+    with bar if bar is not None else _nullcontext():
+        result = api.run_pipeline(model, passes, calib, check=not no_check, verify_each=verify_each,
+                                  dump_after=dump_after, shapes=shapes, progress=progress)
+        checks: dict = {}
+
+        def check_before_commit(tmp_path: Path) -> None:
+            data = Dataset.open(inputs) if inputs is not None else (Dataset.open(calib) if calib else None)
+            tol = _TOLERANCE[result.numerics.value]
+            rep = validate.compare(model, tmp_path, data=data, shapes=shapes, tol=tol)
+            checks["validation"] = rep.to_dict()
+            feeds = validate.feeds_for(validate.session(model), data, shapes, samples=1)[0]
+            stats = benchmark.measure({"before": model, "after": tmp_path}, feeds, threads=threads, runs=30,
+                                      progress=progress)
+            checks["latency"] = {"stats": {k: s.to_dict() for k, s in stats.items()},
+                                 "ratio": stats["after"].median_ms / stats["before"].median_ms}
+            if not rep.ok:
+                worst = max(rep.outputs, key=lambda o: o.max_rel)
+                raise CheckFailedError(f"validation failed: output '{worst.name}' moved by max rel "
+                                       f"{worst.max_rel:.3g} > {tol:g} ({result.numerics.value} pipeline); "
+                                       "nothing was written")
+
+        before = summary.summarize(result.source.proto, result.source.path)
+        external = external_data if external_data is not None else (result.source.has_external_data or None)
+        result.save(output, external=external, before_commit=check_before_commit if validate_out else None)
     after = summary.summarize(onnx.load(str(output), load_external_data=False), output)
+    data = report_mod.build(source=str(model), output=str(output), pipeline=str(result.pipeline),
+                            records=result.report.records, before=before.to_dict(), after=after.to_dict(),
+                            validation=checks.get("validation"), latency=checks.get("latency"))
     if report is not None:
-        payload = {"input": str(model), "output": str(output), "pipeline": str(result.pipeline),
-                   "passes": [r.to_dict() for r in result.report.records],
-                   "before": before.to_dict(), "after": after.to_dict()}
-        tmp = report.with_name(report.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
-        tmp.replace(report)
+        report_mod.write(report, data)
+    if as_json:
+        out.print_json(json.dumps(data, default=str))
+        return
     if quiet:
         return
-    table = Table(title=f"{model.name} -> {output.name}", title_justify="left")
+    _print_optimize(data, time_passes or verify_each, verify_each)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _print_optimize(data: dict, show_passes: bool, show_verify: bool) -> None:
+    before, after = data["before"], data["after"]
+    table = Table(title=f"{Path(data['input']).name} -> {Path(data['output']).name}", title_justify="left")
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_row("nodes", str(before.nodes), str(after.nodes))
-    table.add_row("initializers", str(before.initializers), str(after.initializers))
-    table.add_row("params", f"{before.params:,}", f"{after.params:,}")
-    table.add_row("file size", _fmt_bytes(before.file_bytes), _fmt_bytes(after.file_bytes))
+    table.add_column("change", justify="right")
+
+    def pct(a, b):
+        return f"{(b - a) / a:+.1%}" if a else "-"
+
+    table.add_row("nodes", str(before["nodes"]), str(after["nodes"]), pct(before["nodes"], after["nodes"]))
+    table.add_row("initializers", str(before["initializers"]), str(after["initializers"]), "")
+    table.add_row("params", f"{before['params']:,}", f"{after['params']:,}", pct(before["params"], after["params"]))
+    table.add_row("file size", _fmt_bytes(before["file_bytes"]), _fmt_bytes(after["file_bytes"]),
+                  pct(before["file_bytes"] or 0, after["file_bytes"] or 0))
+    latency = data.get("latency")
+    if latency:
+        b, a = latency["stats"]["before"], latency["stats"]["after"]
+        table.add_row(f"latency (median, {b['provider'].replace('ExecutionProvider', '')})",
+                      f"{b['median_ms']:.3f} ms", f"{a['median_ms']:.3f} ms", f"x{latency['ratio']:.3f}")
+    validation = data.get("validation")
+    if validation:
+        worst = max(validation["outputs"], key=lambda o: o["max_rel"])
+        table.add_row("numerics (worst output)", "", f"max rel {worst['max_rel']:.2e}",
+                      f"cos {min(o['cosine'] for o in validation['outputs']):.6f}")
     out.print(table)
-    if time_passes or verify_each:
+    if show_passes:
         t = Table(title="passes", title_justify="left")
-        for col in ("pass", "seconds", "changed", "nodes", "stats") + (("max rel",) if verify_each else ()):
+        for col in ("pass", "seconds", "changed", "nodes", "stats") + (("max rel",) if show_verify else ()):
             t.add_column(col)
-        for r in result.report.records:
-            row = [r.name, f"{r.seconds:.3f}", "yes" if r.changed else "no", f"{r.nodes_before}->{r.nodes_after}",
-                   ", ".join(f"{k}={v}" for k, v in r.stats.items())]
-            if verify_each:
-                row.append(f"{max((o['max_rel'] for o in r.verify['outputs']), default=0):.2e}" if r.verify else "-")
+        for r in data["passes"]:
+            row = [r["name"], f"{r['seconds']:.3f}", "yes" if r["changed"] else "no",
+                   f"{r['nodes_before']}->{r['nodes_after']}", ", ".join(f"{k}={v}" for k, v in r["stats"].items())]
+            if show_verify:
+                v = r.get("verify")
+                row.append(f"{max((o['max_rel'] for o in v['outputs']), default=0):.2e}" if v else "-")
             t.add_row(*row)
         out.print(t)
+
+
+@app.command()
+def compare(
+    a: Path = typer.Argument(..., help="reference model"),
+    b: Path = typer.Argument(..., help="model to check against A"),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz data (default: seeded random inputs)"),
+    tol: float = typer.Option(1e-3, "--tol", help="max relative error allowed per output"),
+    shape: Optional[list[str]] = typer.Option(None, "--shape", help="pin symbolic dims: NAME=1,3,224,224"),
+    samples: int = typer.Option(3, "--samples", help="how many inputs to run"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Run A and B in ONNX Runtime on the same inputs; exit 1 when any output is over --tol."""
+    from . import validate
+    from .data import Dataset
+
+    for path in (a, b):
+        ir.load(path, check=False)  # one clear line for missing/truncated/not-ONNX files
+    data = Dataset.open(inputs) if inputs is not None else None
+    rep = validate.compare(a, b, data=data, shapes=_parse_shapes(shape), tol=tol, samples=samples)
+    if as_json:
+        out.print_json(json.dumps(rep.to_dict()))
+    else:
+        t = Table(title=f"{a.name} vs {b.name}  ({rep.samples} samples, tol {tol:g})", title_justify="left")
+        for col in ("output", "max abs", "max rel", "cosine", "mismatch", ""):
+            t.add_column(col)
+        for o in rep.outputs:
+            t.add_row(o.name, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}", f"{o.mismatch:.3%}",
+                      "ok" if o.ok(tol) else "OVER")
+        out.print(t)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., help=".onnx model"),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz data (default: seeded random inputs)"),
+    threads: int = typer.Option(0, "--threads", help="intra-op threads (0: ORT default)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    runs: int = typer.Option(50, "--runs", help="timed runs"),
+    warmup: int = typer.Option(5, "--warmup", help="untimed runs first"),
+    shape: Optional[list[str]] = typer.Option(None, "--shape", help="pin symbolic dims: NAME=1,3,224,224"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Latency in ONNX Runtime as shipped: warm-up, median, p90, mean, throughput."""
+    from . import benchmark, validate
+    from .data import Dataset
+
+    if device not in benchmark.PROVIDERS:
+        raise UsageError(f"--device must be one of {', '.join(benchmark.PROVIDERS)}, not '{device}'")
+    if runs < 1 or warmup < 0 or threads < 0:
+        raise UsageError("--runs must be >= 1, --warmup and --threads >= 0")
+    ir.load(model, check=False)
+    benchmark.providers_for(device)
+    data = Dataset.open(inputs) if inputs is not None else None
+    feeds = validate.feeds_for(validate.session(model), data, _parse_shapes(shape), samples=1)[0]
+    bar, progress = _progress(not as_json)
+    with bar if bar is not None else _nullcontext():
+        stats = benchmark.measure({"model": model}, feeds, threads=threads, device=device, runs=runs,
+                                  warmup=warmup, progress=progress)["model"]
+    if as_json:
+        out.print_json(json.dumps(stats.to_dict()))
+        return
+    t = Table(title=f"{model.name}  ({stats.provider}, threads {stats.threads or 'default'}, ORT {stats.ort_version})",
+              title_justify="left")
+    for col in ("median ms", "p90 ms", "mean ms", "min ms", "per s", "runs"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{stats.median_ms:.3f}", f"{stats.p90_ms:.3f}", f"{stats.mean_ms:.3f}", f"{stats.min_ms:.3f}",
+              f"{stats.throughput_per_s:.1f}", str(stats.runs))
+    out.print(t)
+    out.print(f"sha256 {stats.sha256}")
 
 
 @app.command()
@@ -177,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="onnxopt", standalone_mode=False)
-        return 0
+        code = command.main(args=args, prog_name="onnxopt", standalone_mode=False)
+        return code if isinstance(code, int) else 0  # click returns Exit codes in non-standalone mode
     except OnnxoptError as exc:
         if debug:
             traceback.print_exc()

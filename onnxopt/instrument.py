@@ -31,6 +31,7 @@ class PassRecord:
     stats: dict[str, Any]
     nodes_before: int
     nodes_after: int
+    numerics: str = "exact"
     verify: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:

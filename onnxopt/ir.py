@@ -408,12 +408,14 @@ def weights_nbytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in _all_tensors(model))
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None) -> Path:
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None,
+         before_commit=None) -> Path:
     """Write atomically: into a temporary sibling first, then rename; nothing half-written remains.
 
     With external data (forced, or needed past protobuf's 2 GB limit) the weights go to
     ``<name>.data`` next to the model. Note that writing external data moves the weights out of
     ``model`` (onnx does this in place), which is what keeps peak memory at one copy.
+    ``before_commit(tmp_path)`` runs on the finished temporary file; if it raises, nothing is written.
     """
     out = Path(path)
     if out.exists() and out.is_dir():
@@ -429,6 +431,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | No
             data_name = out.name + ".data"
             onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024, convert_attribute=False)
+            if before_commit is not None:
+                before_commit(tmp_model)
             if (tmpdir / data_name).exists():
                 os.replace(tmpdir / data_name, out.parent / data_name)
         else:
@@ -436,6 +440,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | No
                 fh.write(model.SerializeToString())
                 fh.flush()
                 os.fsync(fh.fileno())
+            if before_commit is not None:
+                before_commit(tmp_model)
         os.replace(tmp_model, out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -477,7 +483,7 @@ def _write_tensor(fh, values: np.ndarray, chunk: int = 64 << 20) -> None:
 
 
 def save_graph(graph: gs.Graph, template: onnx.ModelProto, path: str | os.PathLike, *,
-               external: bool | None = None, align: int = 4096) -> Path:
+               external: bool | None = None, align: int = 4096, before_commit=None) -> Path:
     """Export and write atomically; large weights stream straight to ``<name>.data``.
 
     This is the path for big models: weights that came memory-mapped go file to file and are
@@ -490,7 +496,7 @@ def save_graph(graph: gs.Graph, template: onnx.ModelProto, path: str | os.PathLi
             external = deferred_bytes + weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
         if not external:
             _fill_deferred(model, deferred)
-            return save(model, path, external=False)
+            return save(model, path, external=False, before_commit=before_commit)
         out = Path(path)
         if not out.parent.exists():
             raise UsageError(f"{out.parent}: output directory does not exist")
@@ -528,6 +534,8 @@ def save_graph(graph: gs.Graph, template: onnx.ModelProto, path: str | os.PathLi
                 fh.write(model.SerializeToString())
                 fh.flush()
                 os.fsync(fh.fileno())
+            if before_commit is not None:
+                before_commit(tmpdir / out.name)
             os.replace(tmpdir / data_name, out.parent / data_name)
             os.replace(tmpdir / out.name, out)
         finally:

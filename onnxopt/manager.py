@@ -66,7 +66,7 @@ class PassManager:
         result = p.run(graph, ctx)
         seconds = time.perf_counter() - start
         record = PassRecord(element.name, str(element), seconds, bool(result.changed), dict(result.stats),
-                            nodes_before, _count_nodes(graph))
+                            nodes_before, _count_nodes(graph), p.effective_numerics().value)
         for inst in self.instruments:
             inst.after(p, graph, result, record)
         report.records.append(record)

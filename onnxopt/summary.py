@@ -58,6 +58,11 @@ def _walk(graph: onnx.GraphProto, hist: Counter, counts: Counter) -> None:
     for node in graph.node:
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         hist[key] += 1
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):  # weights stored as Constant nodes
+                    counts["params"] += int(np.prod(attr.t.dims, dtype=np.int64)) if attr.t.dims else 1
+                    counts["weight_bytes"] += attr.t.ByteSize()
         for attr in node.attribute:
             subs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
             for sub in subs:

@@ -184,3 +184,38 @@ def compare_outputs(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.nda
 def reference_outputs(model: onnx.ModelProto | str | Path, feeds: list[dict[str, np.ndarray]]):
     sess = session(model)
     return [run(sess, f) for f in feeds]
+
+
+def input_ranks(sess) -> dict[str, int]:
+    return {i.name: len(i.shape) for i in sess.get_inputs()}
+
+
+def feeds_for(sess, data=None, shapes=None, samples: int = 3, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """User data when given (up to ``samples``), else seeded random inputs from the signature."""
+    if data is not None:
+        feeds = data.take(input_ranks(sess), samples)
+        if not feeds:
+            raise BadInputError("input data holds no samples")
+        return feeds
+    return [random_inputs(sess, shapes, seed=seed + k) for k in range(samples)]
+
+
+def compare(a, b, *, data=None, shapes=None, tol: float = 1e-3, samples: int = 3, seed: int = 0) -> Report:
+    """Run two models (protos or paths) on the same inputs and diff every output (ORT, no graph opts)."""
+    try:
+        sa, sb = session(a), session(b)
+    except BadInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ORT's load errors are the input's fault here
+        raise BadInputError(f"ONNX Runtime cannot load the model: {str(exc).strip().splitlines()[0][:300]}") from None
+    names_a = [o.name for o in sa.get_outputs()]
+    names_b = [o.name for o in sb.get_outputs()]
+    if names_a != names_b:
+        raise BadInputError(f"the models have different outputs: {names_a} vs {names_b}")
+    feeds = feeds_for(sa, data, shapes, samples, seed)
+    try:
+        ref = [run(sa, f) for f in feeds]
+        got = [run(sb, f) for f in feeds]
+    except Exception as exc:  # noqa: BLE001
+        raise BadInputError(f"ONNX Runtime failed to run: {str(exc).strip().splitlines()[0][:300]}") from None
+    return compare_outputs(ref, got, tol)
