@@ -1,0 +1,123 @@
+"""PassManager: requires established once, fixpoint groups, change guard, instrumentation records."""
+
+from dataclasses import dataclass, field
+
+import onnx_graphsurgeon as gs
+import pytest
+from helpers import model
+
+import onnxopt
+from onnxopt import Numerics, Pass, PassFailedError, PassResult
+from onnxopt import analysis
+from onnxopt.registry import REGISTRY
+
+HEAD = '<ir_version: 8, opset_import: ["" : 15]>'
+CHAIN = model(HEAD + """
+g (float[4] x) => (float[4] y) {
+  a = Neg(x)
+  b = Neg(a)
+  c = Neg(b)
+  y = Neg(c)
+}""")
+
+
+@dataclass(frozen=True)
+class _Opts:
+    pass
+
+
+class PeelOneNegPair(Pass):
+    """Test pass: removes ONE Neg(Neg(x)) pair per run, so a fixpoint needs several sweeps."""
+
+    name = "test-peel"
+    numerics = Numerics.EXACT
+    requires = ("toposorted", "shapes")
+    Options = _Opts
+
+    def run(self, graph, ctx):
+        ctx.scratch["runs"] = ctx.scratch.get("runs", 0) + 1
+        for node in graph.nodes:
+            inner = node.inputs[0].inputs[0] if node.op == "Neg" and node.inputs[0].inputs else None
+            if inner is not None and inner.op == "Neg":
+                src, out = inner.inputs[0], node.outputs[0]
+                if any(o is out for o in graph.outputs):
+                    continue
+                for consumer in list(out.outputs):
+                    consumer.inputs[consumer.inputs.index(out)] = src
+                node.outputs.clear()
+                graph.cleanup()
+                return PassResult(changed=True, stats={"pairs": 1})
+        return PassResult(changed=False)
+
+
+class LiesAboutChange(Pass):
+    """Test pass: edits the graph but claims it did not."""
+
+    name = "test-liar"
+    numerics = Numerics.EXACT
+    Options = _Opts
+
+    def run(self, graph, ctx):
+        graph.nodes[0].op = "Abs"
+        return PassResult(changed=False)
+
+
+@pytest.fixture
+def test_passes():
+    for cls in (PeelOneNegPair, LiesAboutChange):
+        REGISTRY.register(cls)
+    yield
+    for cls in (PeelOneNegPair, LiesAboutChange):
+        REGISTRY.unregister(cls.name)
+
+
+def test_fixpoint_group_repeats_until_nothing_changes(test_passes):
+    m = model(HEAD + """
+    g (float[4] x) => (float[4] y) {
+      a = Neg(x)
+      b = Neg(a)
+      c = Neg(b)
+      d = Neg(c)
+      y = Relu(d)
+    }""")
+    result = onnxopt.run_pipeline(m, "fixpoint{max-iters=10}(test-peel)", change_guard=True, verify_each=True)
+    names = [r.name for r in result.report.records]
+    assert names == ["test-peel"] * 3  # two pairs removed, then one sweep that changes nothing
+    assert [r.changed for r in result.report.records] == [True, True, False]
+    assert [n.op_type for n in result.model.graph.node] == ["Relu"]
+
+
+def test_fixpoint_respects_max_iters(test_passes):
+    result = onnxopt.run_pipeline(CHAIN, "fixpoint{max-iters=1}(test-peel)")
+    assert len(result.report.records) == 1
+
+
+def test_requires_are_established_once_until_a_pass_changes_the_graph(test_passes, monkeypatch):
+    calls = []
+    original = dict(analysis.ESTABLISH)
+    monkeypatch.setitem(analysis.ESTABLISH, "shapes", lambda g, c: calls.append("shapes") or original["shapes"](g, c))
+    onnxopt.run_pipeline(CHAIN, "test-peel,test-peel,test-peel")
+    # run 1 establishes and changes the graph -> run 2 re-establishes, finds nothing (the last
+    # pair feeds the graph output) -> run 3 reuses what run 2 established
+    assert calls == ["shapes", "shapes"]
+    calls.clear()
+    onnxopt.run_pipeline(model(HEAD + "g (float[4] x) => (float[4] y) { y = Relu(x) }"), "test-peel,test-peel")
+    assert calls == ["shapes"]  # nothing changed: established once for both runs
+
+
+def test_change_guard_catches_a_pass_that_lies(test_passes):
+    with pytest.raises(PassFailedError, match="said changed=False but modified the graph"):
+        onnxopt.optimize(CHAIN, passes="test-liar", change_guard=True)
+
+
+def test_records_hold_numerics_options_and_node_counts(test_passes):
+    result = onnxopt.run_pipeline(CHAIN, "cleanup,test-peel")
+    first, second = result.report.records
+    assert first.options.startswith("cleanup{") and first.numerics == "exact"
+    assert second.nodes_before == 4 and second.nodes_after == 2
+    assert result.numerics is Numerics.EXACT
+
+
+def test_optimize_rejects_unknown_keyword():
+    with pytest.raises(onnxopt.UsageError, match="unknown option"):
+        onnxopt.optimize(CHAIN, passes="cleanup", no_such_thing=True)
