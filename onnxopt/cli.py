@@ -26,7 +26,8 @@ from .errors import CheckFailedError, OnnxoptError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ONNX graph-rewriting passes, checked in ONNX Runtime.")
-out = Console(highlight=False, soft_wrap=True)
+# Pipes and CI logs get wide tables instead of rich's 80-column default.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -270,6 +271,43 @@ def bench(
               f"{stats.throughput_per_s:.1f}", str(stats.runs))
     out.print(t)
     out.print(f"sha256 {stats.sha256}")
+
+
+@app.command()
+def blocks(
+    model: Path = typer.Argument(..., help=".onnx model"),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="measure each block's sensitivity on this data"),
+    samples: int = typer.Option(8, "--samples", help="calibration samples used for sensitivity"),
+    shape: Optional[list[str]] = typer.Option(None, "--shape", help="pin symbolic dims for MACs: NAME=1,3,224,224"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Candidate blocks for `depth`: id, kind, op span, params, MACs, sensitivity with --calib."""
+    from .data import Dataset
+    from .registry import get_pass
+
+    depth = get_pass("depth")  # through the registry: the CLI knows no pass module
+    if not hasattr(depth, "list_blocks"):
+        raise UsageError("the registered 'depth' pass cannot list blocks")
+    ir.load(model, check=False)
+    data = Dataset.open(calib) if calib is not None else None
+    bar, progress = _progress(not as_json)
+    with bar if bar is not None else _nullcontext():
+        found = depth.list_blocks(model, data, samples=samples, shapes=_parse_shapes(shape), progress=progress)
+    rows = [b.to_dict() for b in found]
+    if as_json:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    t = Table(title=f"{model.name}: {len(rows)} candidate blocks", title_justify="left")
+    for col in ("id", "kind", "nodes", "params", "MACs", "cos if removed"):
+        t.add_column(col, no_wrap=True, justify="left" if col == "kind" else "right")
+    t.add_column("span", overflow="ellipsis", no_wrap=True, max_width=40)
+    for r in rows:
+        t.add_row(str(r["id"]), r["kind"], str(r["nodes"]), f"{r['params']:,}",
+                  f"{r['macs']:,}" if r.get("macs") is not None else "?",
+                  f"{r['sensitivity']:.5f}" if r.get("sensitivity") is not None else "-", r["span"])
+    out.print(t)
+    if data is None:
+        out.print("add --calib DATA to measure how much each removal moves the outputs")
 
 
 @app.command()
