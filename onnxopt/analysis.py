@@ -17,7 +17,9 @@ def establish_toposorted(graph: gs.Graph, ctx: PassContext) -> None:
 
 def establish_shapes(graph: gs.Graph, ctx: PassContext) -> None:
     """Fill dtype/shape on every tensor from onnx shape inference (symbolic dims stay symbolic)."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    from . import ir
+
+    model = ir.skeleton(graph, ctx.header if ctx.header is not None else onnx.ModelProto())
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort; passes must cope with unknowns

@@ -208,6 +208,20 @@ def to_proto(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def skeleton(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with large weights reduced to their dims (no data): enough for shape inference,
+    at no extra copy of the weights."""
+    model, deferred = _export(graph, template)
+    _restore(deferred)
+    for gp in _graph_protos(model.graph):
+        for init in gp.initializer:
+            item = deferred.get(init.name)
+            if item is not None and not init.raw_data and list(init.dims) == [0]:
+                del init.dims[:]
+                init.dims.extend(item[1].shape)
+    return model
+
+
 def _export(graph: gs.Graph, template: onnx.ModelProto):
     """Export with large array-backed constants (memory-mapped weights) left as placeholders.
 

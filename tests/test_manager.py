@@ -121,3 +121,23 @@ def test_records_hold_numerics_options_and_node_counts(test_passes):
 def test_optimize_rejects_unknown_keyword():
     with pytest.raises(onnxopt.UsageError, match="unknown option"):
         onnxopt.optimize(CHAIN, passes="cleanup", no_such_thing=True)
+
+
+def test_shapes_analysis_sees_through_large_weights():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxopt import ir
+    from onnxopt.pass_base import PassContext
+
+    w = numpy_helper.from_array(np.ones((512, 1024), np.float32), "w")  # 2 MB: exported as dims only
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 512])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    loaded = ir.from_proto(m)
+    graph = ir.to_graph(loaded)
+    graph.tensors()["w"].values = np.asarray(graph.tensors()["w"].values)  # array-backed, like a memory map
+    analysis.establish_shapes(graph, PassContext(opsets={"": 17}, ir_version=8, header=ir.header_of(m)))
+    assert graph.tensors()["t"].shape == ["N", 1024]
+    assert graph.tensors()["w"].values.shape == (512, 1024)  # placeholders restored
