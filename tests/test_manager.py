@@ -133,7 +133,7 @@ def test_shapes_analysis_sees_through_large_weights():
     w = numpy_helper.from_array(np.ones((512, 1024), np.float32), "w")  # 2 MB: exported as dims only
     nodes = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 512])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1024])], [w])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     loaded = ir.from_proto(m)
     graph = ir.to_graph(loaded)
