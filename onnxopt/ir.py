@@ -247,8 +247,9 @@ def _export(graph: gs.Graph, template: onnx.ModelProto):
                 proto.name = name
         for tensor, dtype in hidden:
             tensor.dtype = dtype
-    _restore_types(model, getattr(graph, "onnxopt_types", {}))
-    _restore_type_attrs(model, getattr(graph, "onnxopt_type_attrs", {}))
+    # (gs.Graph.__getattr__ logs an error for unknown names: read our annotations from __dict__)
+    _restore_types(model, graph.__dict__.get("onnxopt_types", {}))
+    _restore_type_attrs(model, graph.__dict__.get("onnxopt_type_attrs", {}))
     for field in _MODEL_FIELDS:
         if template.HasField(field):
             setattr(model, field, getattr(template, field))

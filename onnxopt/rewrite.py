@@ -112,6 +112,7 @@ class Rewriter:
         self.removed: set[int] = set()
         self.touched: list[gs.Node] = []
         self.added: list[gs.Node] = []
+        self._names: set[str] | None = None
 
     def _touch_users(self, tensor: gs.Tensor) -> None:
         self.touched.extend(tensor.outputs)
@@ -144,23 +145,19 @@ class Rewriter:
         return gs.Variable(self.unique_name(name), dtype=dtype, shape=shape)
 
     def unique_name(self, base: str) -> str:
-        names = self.graph.scratch_names if hasattr(self.graph, "scratch_names") else None
-        if names is None:
-            names = {t for t in self.graph.tensors()}
-            self.graph.scratch_names = names
+        if self._names is None:
+            self._names = set(self.graph.tensors())
         candidate, k = base, 0
-        while candidate in names:
+        while candidate in self._names:
             k += 1
             candidate = f"{base}__{k}"
-        names.add(candidate)
+        self._names.add(candidate)
         return candidate
 
     def finish(self) -> None:
         if self.removed:
             self.graph.nodes = [n for n in self.graph.nodes if id(n) not in self.removed]
             self.removed.clear()
-        if hasattr(self.graph, "scratch_names"):
-            del self.graph.scratch_names
 
 
 def apply_rules(graph: gs.Graph, rules: list[RewriteRule], ctx: PassContext, *,

@@ -1,9 +1,11 @@
 """Real models through the default (lossless) pipeline.
 
 For each real model (models/registry.json), run onnxruntime on real inputs (rendered text for
-the PP-OCR models, tokenized docstring sentences for all-MiniLM-L6-v2) before and after
-``onnxopt.optimize(model)``; the outputs must agree within a relative error of 1e-5
-(max|a - b| / max(max|a|, 1e-6), per output) and the optimized model must pass
+the PP-OCR models, tokenized docstring sentences for all-MiniLM-L6-v2, crops of real photos for
+resnet50 and keras_mobilenetv2) before and after ``onnxopt.optimize(model)``; the outputs must
+agree within the default pipeline's declared tolerance (``pipeline_tolerance``: 1e-5 while
+every pass is EXACT, 1e-4 once one is APPROX, as DESIGN's Numerics says) as a relative error
+(max|a - b| / max(max|a|, 1e-6), per output), and the optimized model must pass
 ``onnx.checker.check_model(full_check=True)``. The direction classifier's probabilities are
 also compared in log space (see LOGP_TOL).
 
@@ -38,7 +40,8 @@ REL_TOL = 1e-5
 LOGP_TOL = 1e-3
 LOGPROB_OUTPUTS = {"save_infer_model/scale_0.tmp_1"}
 OCR_MODELS = ("ppocrv4_det", "ppocrv4_rec", "ppocr_cls")
-FETCHED_MODELS = (*OCR_MODELS, "all_minilm_l6_v2")
+IMAGE_MODELS = ("resnet50", "keras_mobilenetv2")
+FETCHED_MODELS = (*OCR_MODELS, "all_minilm_l6_v2", *IMAGE_MODELS)
 DEMO_MODEL = paths.DEMO_DIR / "ppocr_cls.onnx"
 DEMO_INPUTS = paths.DEMO_DIR / "ppocr_cls_inputs.npz"
 DEMO_SHA256 = "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"
@@ -69,14 +72,27 @@ def run_ort(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np
     return dict(zip(names, sess.run(names, feed)))
 
 
-def assert_same_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], what: str) -> None:
+def pipeline_tolerance() -> float:
+    """REL_TOL while every pass of the default pipeline is EXACT; the loosest declared
+    tolerance otherwise (DESIGN: APPROX = float reassociation, 1e-4). Folding BatchNormalization
+    into a Conv is such a reassociation: ORT's own Conv+BN fusion moves resnet50's logits by a
+    relative 2.1e-5 on these photos, over 1e-5."""
+    import onnxopt
+    from onnxopt.registry import get_pass
+
+    names = [n for n in onnxopt.default_pipeline().split(",") if n]
+    return max([REL_TOL, *(get_pass(n).numerics.tolerance for n in names)])
+
+
+def assert_same_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], what: str,
+                        tol: float = REL_TOL) -> None:
     assert list(got) == list(ref), f"{what}: outputs {list(got)} != original {list(ref)}"
     for name, want in ref.items():
         have = got[name]
         assert have.shape == want.shape, f"{what}: {name} shape {have.shape} != {want.shape}"
         assert have.dtype == want.dtype, f"{what}: {name} dtype {have.dtype} != {want.dtype}"
         err = rel_err(want, have)
-        assert err <= REL_TOL, f"{what}: {name} relative error {err:.3g} > {REL_TOL}"
+        assert err <= tol, f"{what}: {name} relative error {err:.3g} > {tol}"
         if name in LOGPROB_OUTPUTS:
             lp = logp_err(want, have)
             assert lp <= LOGP_TOL, f"{what}: {name} log-probability error {lp:.3g} > {LOGP_TOL}"
@@ -96,7 +112,13 @@ def need(name: str) -> Path:
 
 
 def need_pillow() -> None:
-    pytest.importorskip("PIL", reason="rendering text for the OCR models needs Pillow")
+    pytest.importorskip("PIL", reason="rendering text and decoding photos need Pillow")
+
+
+def need_images() -> None:
+    need_pillow()
+    if not paths.images_available():
+        pytest.skip(f"photos not in the cache {paths.image_dir()} (run: python models/fetch.py)")
 
 
 # ------------------------------------------------------------------------ real inputs
@@ -130,12 +152,24 @@ def feeds_for(name: str) -> list[dict[str, np.ndarray]]:
             real_inputs.minilm_batch(sents[2:7]),
             real_inputs.minilm_batch([longest * 3], max_length=128),  # truncated to 128 tokens
         ]
+    if name == "resnet50":  # held-out photos: the export calibrated on the "calib" ones
+        return [
+            {"input": real_inputs.imagenet_batch(1, 11, split="eval")},
+            {"input": real_inputs.imagenet_batch(4, 12, split="eval")},
+        ]
+    if name == "keras_mobilenetv2":
+        return [
+            {"input": real_inputs.mobilenet_v2_batch(1, 11, split="eval")},
+            {"input": real_inputs.mobilenet_v2_batch(3, 12, split="eval")},
+        ]
     raise KeyError(name)
 
 
 def prerequisites(name: str) -> None:
     if name in OCR_MODELS:
         need_pillow()
+    if name in IMAGE_MODELS:
+        need_images()
 
 
 # ---------------------------------------------------- the originals read the inputs right
@@ -191,6 +225,69 @@ def test_minilm_embeddings_are_sensible():
     assert sim[0, 1] > 0.8 and sim[0, 1] > sim[0, 2] + 0.3
 
 
+@pytest.mark.realmodel
+def test_photo_crops_are_deterministic_and_split():
+    need_images()
+    calib = real_inputs.imagenet_batch(6, 0, split="calib")
+    assert calib.shape == (6, 3, 224, 224) and calib.dtype == np.float32
+    assert np.array_equal(real_inputs.imagenet_batch(3, 0, split="calib"), calib[:3])  # prefix
+    assert not np.array_equal(real_inputs.imagenet_batch(3, 1, split="calib"), calib[:3])
+    calib_files = {p.name for p in paths.image_files("calib")}
+    eval_files = {p.name for p in paths.image_files("eval")}
+    assert calib_files and eval_files and not calib_files & eval_files
+    # real photos, normalised: per-channel statistics of natural images, not noise or constants
+    assert np.all(np.abs(calib.mean(axis=(0, 2, 3))) < 1.0)
+    assert np.all((calib.std(axis=(0, 2, 3)) > 0.3) & (calib.std(axis=(0, 2, 3)) < 2.5))
+    nhwc = real_inputs.mobilenet_v2_batch(2, 0, split="eval")
+    assert nhwc.shape == (2, 224, 224, 3) and nhwc.min() >= -1.0 and nhwc.max() <= 1.0
+
+
+@pytest.mark.realmodel
+def test_resnet50_keeps_batchnorm_unfused():
+    """The point of resnet50: 53 BatchNormalization nodes after 53 bias-free Convs."""
+    path = need("resnet50")
+    model = onnx.load(path)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("BatchNormalization") == 53 and ops.count("Conv") == 53
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            assert len(node.input) == 2 or not node.input[2], f"{node.name} has a bias"
+        if node.op_type == "BatchNormalization":
+            assert len(node.output) == 1
+            mean, var = (onnx.numpy_helper.to_array(inits[n]) for n in node.input[3:5])
+            assert np.abs(mean).max() > 0 and np.ptp(var) > 0  # calibrated, not the identity
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_image_models_tell_photos_apart(name):
+    """Synthetic weights, but outputs that depend on the photo: finite, several top-1 classes
+    over crops of the four held-out photos."""
+    path = need(name)
+    need_images()
+    crops = real_inputs.imagenet_batch if name == "resnet50" else real_inputs.mobilenet_v2_batch
+    y = next(iter(run_ort(onnx.load(path), {"input": crops(8, 5, split="eval")}).values()))
+    assert y.shape == (8, 1000) and np.isfinite(y).all()
+    assert len(set(y.argmax(axis=1).tolist())) >= 2
+    if name == "keras_mobilenetv2":
+        assert np.allclose(y.sum(axis=1), 1.0, atol=1e-4)  # softmax output
+    else:
+        assert y.std(axis=1).min() > 0.5
+
+
+@pytest.mark.realmodel
+def test_keras_mobilenetv2_is_nhwc_with_transposes():
+    """The point of keras_mobilenetv2: Keras' NHWC export, a Transpose pair around every Conv."""
+    path = need("keras_mobilenetv2")
+    model = onnx.load(path)
+    dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [224, 224, 3]
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Conv") == 52 and ops.count("Transpose") >= 2 * 52
+    assert "BatchNormalization" not in ops  # Keras spells BN as Sub/Mul/Add
+
+
 # --------------------------------------------------------- the default pipeline is lossless
 
 @pytest.fixture(scope="module")
@@ -225,9 +322,10 @@ def test_default_pipeline_numerics(name, optimized):
     original, out = optimized(name)
     assert [i.name for i in out.graph.input] == [i.name for i in original.graph.input]
     assert [o.name for o in out.graph.output] == [o.name for o in original.graph.output]
+    tol = pipeline_tolerance()
     for k, feed in enumerate(feeds_for(name)):
         shapes = {n: a.shape for n, a in feed.items()}
-        assert_same_outputs(run_ort(original, feed), run_ort(out, feed), f"{name} feed {k} {shapes}")
+        assert_same_outputs(run_ort(original, feed), run_ort(out, feed), f"{name} feed {k} {shapes}", tol)
 
 
 @pytest.mark.realmodel
@@ -279,6 +377,8 @@ def test_demo_default_pipeline():
     x = np.load(DEMO_INPUTS)["x"]
     for k in range(len(x)):
         feed = {"x": x[k:k + 1]}
-        assert_same_outputs(run_ort(original, feed), run_ort(out, feed), f"demo sample {k}")
+        assert_same_outputs(run_ort(original, feed), run_ort(out, feed), f"demo sample {k}",
+                            pipeline_tolerance())
     feed = {"x": x}  # the whole set as one batch of 3
-    assert_same_outputs(run_ort(original, feed), run_ort(out, feed), "demo batch of 3")
+    assert_same_outputs(run_ort(original, feed), run_ort(out, feed), "demo batch of 3",
+                        pipeline_tolerance())
