@@ -93,7 +93,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
-        return ",".join(format_value(v) for v in value)
+        return ",".join(format_value(v) for v in value) if value else '""'  # empty list stays parseable
     if isinstance(value, float):
         return repr(value)
     text = str(value)

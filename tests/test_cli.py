@@ -287,3 +287,15 @@ def test_third_party_pass_registers_through_entry_points(tmp_path, good):
     assert proc.returncode == 0, proc.stderr
     props = {p.key: p.value for p in onnx.load(tmp_path / "o.onnx").metadata_props}
     assert props["onnxopt.pipeline"].startswith("third-party-noop{level=3},cleanup{")
+
+
+def test_blocks_lists_candidates_of_the_demo_model(capsys):
+    import json
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "models" / "demo" / "ppocr_cls.onnx"
+    code, out, err = call(capsys, "blocks", demo, "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) >= 1 and {"id", "kind", "span", "params", "macs"} <= set(rows[0])
+    assert all(r["sensitivity"] is None for r in rows)  # no --calib: nothing measured

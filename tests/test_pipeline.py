@@ -48,3 +48,19 @@ def test_errors_are_usage_errors_that_explain(text, message):
     with pytest.raises(UsageError) as info:
         parse(text)
     assert message in str(info.value)
+
+
+def test_empty_tuple_option_round_trips():
+    from dataclasses import dataclass
+
+    from onnxopt import options as opts
+
+    @dataclass(frozen=True)
+    class O:
+        ids: tuple[int, ...] = ()
+        flag: bool = False
+
+    text = " ".join(f"{k}={opts.format_value(v)}" for k, v in opts.as_pairs(O()))
+    assert text == 'ids="" flag=false'
+    assert opts.convert("", tuple[int, ...], "x") == ()
+    assert opts.convert("3,7", tuple[int, ...], "x") == (3, 7)
