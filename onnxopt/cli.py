@@ -193,7 +193,8 @@ def _print_optimize(data: dict, show_passes: bool, show_verify: bool) -> None:
             t.add_column(col)
         for r in data["passes"]:
             row = [r["name"], f"{r['seconds']:.3f}", "yes" if r["changed"] else "no",
-                   f"{r['nodes_before']}->{r['nodes_after']}", ", ".join(f"{k}={v}" for k, v in r["stats"].items())]
+                   f"{r['nodes_before']}->{r['nodes_after']}",
+                   ", ".join(f"{k}={v}" for k, v in r["stats"].items() if not isinstance(v, (dict, list)))]
             if show_verify:
                 v = r.get("verify")
                 row.append(f"{max((o['max_rel'] for o in v['outputs']), default=0):.2e}" if v else "-")

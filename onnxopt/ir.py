@@ -604,6 +604,18 @@ def _feed_graph(digest, graph: gs.Graph) -> None:
                 digest.update(repr(value).encode())
 
 
+def read_values(const: gs.Constant) -> np.ndarray:
+    """A constant's values WITHOUT caching them on the tensor.
+
+    gs's ``Constant.values`` replaces a lazily loaded tensor by a numpy copy for good: that holds
+    the weights twice and breaks the export of string tensors. Analyses read through this.
+    """
+    values = const._values
+    if isinstance(values, gs.ir.tensor.LazyValues):
+        return values.load()
+    return np.asarray(values)
+
+
 def constant_digest(const: gs.Constant) -> str:
     """Hash of a constant's dtype, shape and values, independent of its name and storage form."""
     proto = getattr(const._values, "tensor", None)
@@ -612,7 +624,7 @@ def constant_digest(const: gs.Constant) -> str:
         copy.CopyFrom(proto)
         copy.name = ""
         return hashlib.sha1(copy.SerializeToString()).hexdigest()
-    values = np.asarray(const.values)  # not ascontiguousarray: that turns 0-d into shape (1,)
+    values = read_values(const)  # not ascontiguousarray: that turns 0-d into shape (1,)
     digest = hashlib.sha1(f"{values.dtype}{values.shape}".encode())
     if values.dtype == object:
         digest.update(repr(values.tolist()).encode())

@@ -74,7 +74,9 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of an initializer, or None if the tensor is not a constant we can read."""
     if isinstance(tensor, gs.Constant):
         try:
-            return np.asarray(tensor.values)
+            from .ir import read_values
+
+            return read_values(tensor)
         except Exception:  # noqa: BLE001 - exotic dtypes numpy can't hold
             return None
     return None

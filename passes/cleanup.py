@@ -143,7 +143,7 @@ def _is_false_constant(t: gs.Tensor) -> bool:
         return True
     if isinstance(t, gs.Constant):
         try:
-            return not bool(np.asarray(t.values).reshape(-1)[0])
+            return not bool(ir.read_values(t).reshape(-1)[0])
         except Exception:  # noqa: BLE001
             return False
     return False
