@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
-from .analysis import ESTABLISH
+from .analysis import ESTABLISH, drop_added_shapes
 from .instrument import Instrument, PassRecord
 from .pass_base import PassContext
 from .pipeline import Element, Pipeline
@@ -33,6 +33,7 @@ class PassManager:
         report = RunReport()
         established: set[str] = set()
         self._run_elements(self.pipeline.elements, graph, ctx, report, established)
+        drop_added_shapes(graph, ctx)
         return report
 
     def _run_elements(self, elements, graph, ctx, report, established) -> bool:

@@ -115,7 +115,9 @@ class OutputDiff:
     shape_ok: bool = True
 
     def ok(self, tol: float) -> bool:
-        return self.shape_ok and self.max_rel <= tol
+        # Below an absolute floor of tol/100 a difference is float noise even when the output
+        # itself is tiny (a sigmoid map near 0 on random inputs), where max_rel would explode.
+        return self.shape_ok and (self.max_rel <= tol or self.max_abs <= tol * 1e-2)
 
 
 @dataclass
