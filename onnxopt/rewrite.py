@@ -82,6 +82,21 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+class FreshNames:
+    """Names that collide with nothing already taken (call it with a base name)."""
+
+    def __init__(self, taken: set[str]):
+        self.taken = taken
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+
 # ---------------------------------------------------------------------------------------------
 # rules and the driver
 
@@ -114,7 +129,7 @@ class Rewriter:
         self.removed: set[int] = set()
         self.touched: list[gs.Node] = []
         self.added: list[gs.Node] = []
-        self._names: set[str] | None = None
+        self._fresh: FreshNames | None = None
 
     def _touch_users(self, tensor: gs.Tensor) -> None:
         self.touched.extend(tensor.outputs)
@@ -147,14 +162,9 @@ class Rewriter:
         return gs.Variable(self.unique_name(name), dtype=dtype, shape=shape)
 
     def unique_name(self, base: str) -> str:
-        if self._names is None:
-            self._names = set(self.graph.tensors())
-        candidate, k = base, 0
-        while candidate in self._names:
-            k += 1
-            candidate = f"{base}__{k}"
-        self._names.add(candidate)
-        return candidate
+        if self._fresh is None:
+            self._fresh = FreshNames(set(self.graph.tensors()))
+        return self._fresh(base)
 
     def finish(self) -> None:
         if self.removed:

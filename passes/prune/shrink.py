@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.rewrite import FreshNames
+
 from .channels import ChannelAnalysis, const_array
 
 
@@ -26,7 +28,7 @@ class Shrinker:
         self.inserted: list[gs.Node] = []
         self.orphaned: list[gs.Node] = []
         # names in use in every scope (a new constant must not shadow an outer name)
-        self._names = taken if taken is not None else set(self.graph.tensors().keys())
+        self._fresh = FreshNames(taken if taken is not None else set(self.graph.tensors().keys()))
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -50,12 +52,7 @@ class Shrinker:
     # -- edits ---------------------------------------------------------------------------------
 
     def unique(self, base: str) -> str:
-        name, k = base, 0
-        while name in self._names:
-            k += 1
-            name = f"{base}_{k}"
-        self._names.add(name)
-        return name
+        return self._fresh(base)
 
     def _constant(self, base: str, values: np.ndarray) -> gs.Constant:
         return gs.Constant(self.unique(f"{base or 'const'}_pruned"), np.ascontiguousarray(values))
