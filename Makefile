@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@mkdir -p $(OUT)
 	$(BIN)/onnxopt info models/demo/ppocr_cls.onnx | head -12
 	$(BIN)/onnxopt optimize models/demo/ppocr_cls.onnx -o $(OUT)/ppocr_cls.opt.onnx \
-		--inputs models/demo/ppocr_cls_inputs.npz --validate --verify-each --time-passes \
+		--inputs models/demo/ppocr_cls_inputs.npz --validate --threads 1 --verify-each --time-passes \
 		--report $(OUT)/ppocr_cls.report.html
 	@echo "report: $(OUT)/ppocr_cls.report.html"
 
