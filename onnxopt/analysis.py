@@ -48,7 +48,7 @@ def drop_added_shapes(graph: gs.Graph, ctx: PassContext) -> None:
     and they slow ORT's session start-up (measured 5-12% on MiniLM); ORT infers shapes itself."""
     io = {id(t) for t in graph.inputs + graph.outputs}
     for key, (tensor, (dtype, shape)) in ctx.analyses.pop(ADDED_SHAPES, {}).items():
-        if key not in io:
+        if key not in io and isinstance(tensor, gs.Variable):  # a pass may have made it a Constant
             tensor.dtype, tensor.shape = dtype, shape
 
 

@@ -154,3 +154,16 @@ def test_inferred_shapes_do_not_leak_into_the_output(test_passes):
     out = onnxopt.optimize(m, passes="test-peel")  # requires shapes: they are inferred, then dropped
     assert len(out.graph.value_info) == 0
     assert [o.name for o in out.graph.output] == ["y"]
+
+
+def test_shapes_then_constant_lifting_does_not_break_the_cleanup_of_annotations(test_passes):
+    m = model(HEAD + """
+    g (float[4] x) => (float[4] y) {
+      a = Neg(x)
+      b = Neg(a)
+      k = Constant<value = float[4] {1.0, 2.0, 3.0, 4.0}>()
+      c = Add(b, k)
+      y = Relu(c)
+    }""")
+    out = onnxopt.optimize(m, passes="test-peel,cleanup")  # shapes annotate k, cleanup lifts it
+    assert [n.op_type for n in out.graph.node] == ["Add", "Relu"]
