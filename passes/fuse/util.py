@@ -65,15 +65,19 @@ def feeds_only(t: gs.Tensor, node: gs.Node, ctx: PassContext) -> bool:
     return only_consumer(t, ctx) is node
 
 
-def const(t: gs.Tensor | None) -> np.ndarray | None:
-    """The value of a constant tensor or Constant node output (plain numpy dtypes), else None."""
+def _constant_of(t: gs.Tensor | None) -> gs.Constant | None:
+    """The gs.Constant behind an initializer or a Constant node's output, else None."""
     if isinstance(t, gs.Variable):
         node = producer(t)
         value_attr = node.attrs.get("value") if is_std(node, "Constant") else None
-        if not isinstance(value_attr, gs.Constant):
-            return None
-        t = value_attr
-    if not isinstance(t, gs.Constant):
+        return value_attr if isinstance(value_attr, gs.Constant) else None
+    return t if isinstance(t, gs.Constant) else None
+
+
+def const(t: gs.Tensor | None) -> np.ndarray | None:
+    """The value of a constant tensor or Constant node output (plain numpy dtypes), else None."""
+    t = _constant_of(t)
+    if t is None:
         return None
     lazy = getattr(t._values, "tensor", None)
     if lazy is not None:
@@ -98,13 +102,8 @@ def const(t: gs.Tensor | None) -> np.ndarray | None:
 def const_meta(t: gs.Tensor | None) -> tuple[tuple[int, ...], np.dtype] | None:
     """(shape, dtype) of what ``const`` would return, without reading the values (matching
     only needs these; reading a big weight costs a copy)."""
-    if isinstance(t, gs.Variable):
-        node = producer(t)
-        value_attr = node.attrs.get("value") if is_std(node, "Constant") else None
-        if not isinstance(value_attr, gs.Constant):
-            return None
-        t = value_attr
-    if not isinstance(t, gs.Constant):
+    t = _constant_of(t)
+    if t is None:
         return None
     lazy = getattr(t._values, "tensor", None)
     if lazy is not None:
