@@ -4,15 +4,17 @@ them, pruned losslessly, and real models with `ratio` (lossy).
 Variants are built from the ONNX model itself (models/fetch.py's resnet50, BN unfused):
 - ``slim`` (network slimming): the chosen channels' conv rows AND their BN scale and shift are 0.
 - ``l1`` (L1-structured, torch.nn.utils.prune.ln_structured): conv rows 0, BN left intact, so each
-  such channel is the constant relu(BN shift) downstream; it leaves exactly only where every
-  consumer folds it (1x1 convs, the fc) or where the ReLU makes it 0 (not into padded 3x3 convs).
+  such channel is the constant relu(BN shift) downstream; it leaves exactly where every consumer
+  folds it (1x1 convs and the fc into their bias, padded 3x3 convs into a border term) or where the
+  ReLU makes it 0; with ``prune{border=false}`` (also measured) constants at padded convs stay.
 Chosen channels: per bottleneck 50% of conv1's and conv2's outputs, 25% of each stage's residual
 channels (conv3 of every block + the downsample) and of the stem, lowest L1 norm first
 (multiples of 16 remain, as a trainer given those ratios would leave).
 
 The *ideal* parameter count is computed here from the architecture, independently of the pass:
 every channel provably removable (zero, or a constant all of whose consumers fold it) removed,
-plus the bias a consumer needs to absorb folded constants.
+plus the bias a 1x1 consumer needs to absorb folded constants and the [cout, 1, 3, 3] weight of a
+padded 3x3 consumer's border term.
 
 Checks: parameters reach the ideal; outputs within max rel 1e-5 of the variant on real photo
 crops; ORT CPU latency ratio <= 1.15 x MACs ratio (ORT defaults, interleaved runs, medians).
@@ -158,14 +160,16 @@ def read_values(variant: onnx.ModelProto, convs: dict) -> dict[str, np.ndarray]:
     return values
 
 
-def ideal_params(m: onnx.ModelProto, variant: onnx.ModelProto, convs: dict, chosen: dict) -> tuple[int, dict]:
-    """Parameters of the best exact representation of ``variant`` (see module docstring)."""
+def ideal_params(m: onnx.ModelProto, variant: onnx.ModelProto, convs: dict, chosen: dict,
+                 border: bool = True) -> tuple[int, dict]:
+    """Parameters of the best exact representation of ``variant`` (see module docstring);
+    ``border``: constants read by a padded 3x3 conv leave too, for a [cout, 1, 3, 3] border weight."""
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     sizes = {c["out"]: inits[c["node"].input[1]].shape[0] for c in convs.values()}
     reads = read_values(variant, convs)
     removed = {}
     for space, rows in chosen.items():
-        if ".m1" in space:  # read by a padded 3x3 conv: only channels that are 0 after the ReLU leave
+        if ".m1" in space and not border:  # read by a padded 3x3 conv: only 0s after the ReLU leave
             reader = next(n for n, c in convs.items() if c["in"] == space)
             rows = rows[reads[reader][rows] == 0]
         removed[space] = rows
@@ -175,7 +179,8 @@ def ideal_params(m: onnx.ModelProto, variant: onnx.ModelProto, convs: dict, chos
         cin = 3 if c["in"] is None else kept[c["in"]]
         total += kept[c["out"]] * cin * c["k"] + 4 * kept[c["out"]]
         if c["in"] is not None and np.any(reads[name][removed[c["in"]]] != 0):
-            total += kept[c["out"]]              # the bias that absorbs the folded constants
+            # a padded kxk conv: the border term's weight; a 1x1 conv: the bias that absorbs them
+            total += kept[c["out"]] * (c["k"] if border and c["k"] > 1 else 1)
             folds += 1
     fc = next(n for n in m.graph.node if n.op_type == "Gemm")
     n_out = inits[fc.input[1]].shape[0]
@@ -213,24 +218,33 @@ def resnet_variants(runs: int, threads: int, work: Path, lines: list[str]) -> li
     photos = inputs.imagenet_batch(8, seed=1, split="eval")
     feeds = [{"input": photos[k:k + 1]} for k in range(len(photos))]
     rows = []
-    for style in ("slim", "l1"):
+    # l1 also with border=false (constants at padded convs stay), timed in the same run
+    for style, borders in (("slim", (True,)), ("l1", (True, False))):
         variant = make_variant(base, convs, chosen, style)
-        pruned, stats, seconds = prune(variant, "prune")
-        ideal, info = ideal_params(base, variant, convs, chosen)
-        params = summary.summarize(pruned).params
-        rel = max_rel(variant, pruned, feeds)
-        p_var, p_pr = save(variant, work, f"r50_{style}"), save(pruned, work, f"r50_{style}_pruned")
-        lat = benchmark.measure({"variant": p_var, "pruned": p_pr}, feeds[0], threads=threads, warmup=5, runs=runs)
-        macs_ratio = stats["macs_after"] / stats["macs_before"]
-        lat_ratio = lat["pruned"].median_ms / lat["variant"].median_ms
-        rows.append(dict(model=f"ResNet-50 {style}", params_before=summary.summarize(variant).params,
-                         params_after=params, ideal=ideal, macs_ratio=macs_ratio, lat_ratio=lat_ratio,
-                         lat_variant=lat["variant"].median_ms, lat_pruned=lat["pruned"].median_ms,
-                         p90=(lat["variant"].p90_ms, lat["pruned"].p90_ms), rel=rel, seconds=seconds,
-                         groups=stats["groups_removed"], folds=info["folds"],
-                         ok_params=params == ideal, ok_rel=rel <= 1e-5, ok_lat=lat_ratio <= 1.15 * macs_ratio))
-        lines.append(f"- {style}: kept channels per space (ideal): "
-                     + ", ".join(f"{s} {n}" for s, n in sorted(info['kept'].items()) if "." not in s))
+        p_var = save(variant, work, f"r50_{style}")
+        candidates, done = {"variant": p_var}, []
+        for border in borders:
+            label = "" if border else ", `prune{border=false}`"
+            pipeline = "prune" if border else "prune{border=false}"
+            pruned, stats, seconds = prune(variant, pipeline)
+            ideal, info = ideal_params(base, variant, convs, chosen, border)
+            key = f"pruned_{border}"
+            candidates[key] = save(pruned, work, f"r50_{style}_{key}")
+            done.append((label, key, pruned, stats, seconds, ideal, info))
+        lat = benchmark.measure(candidates, feeds[0], threads=threads, warmup=5, runs=runs)
+        for label, key, pruned, stats, seconds, ideal, info in done:
+            params = summary.summarize(pruned).params
+            rel = max_rel(variant, pruned, feeds)
+            macs_ratio = stats["macs_after"] / stats["macs_before"]
+            lat_ratio = lat[key].median_ms / lat["variant"].median_ms
+            rows.append(dict(model=f"ResNet-50 {style}{label}", params_before=summary.summarize(variant).params,
+                             params_after=params, ideal=ideal, macs_ratio=macs_ratio, lat_ratio=lat_ratio,
+                             lat_variant=lat["variant"].median_ms, lat_pruned=lat[key].median_ms,
+                             p90=(lat["variant"].p90_ms, lat[key].p90_ms), rel=rel, seconds=seconds,
+                             groups=stats["groups_removed"], folds=info["folds"],
+                             ok_params=params == ideal, ok_rel=rel <= 1e-5, ok_lat=lat_ratio <= 1.15 * macs_ratio))
+            lines.append(f"- {style}{label}: kept channels per space (ideal): "
+                         + ", ".join(f"{s} {n}" for s, n in sorted(info['kept'].items()) if "." not in s))
     return rows
 
 

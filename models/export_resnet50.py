@@ -62,6 +62,13 @@ MIN_TOP1_AGREEMENT = 0.95  # a near-tie may flip; more than that is a broken exp
 LOGIT_STD = 2.0
 CALIB_CHUNK = 16
 EVAL_BATCHES = ((1, 101), (3, 102), (12, 103))  # (batch size, seed) on the "eval" photos
+RECIPE = 2
+# Recipe 2: each bottleneck's last BatchNorm gamma ~ U(RESIDUAL_GAMMA), small as in trained
+# ResNets (torchvision can even zero-init them). Recipe 1 drew them U(0.5, 1.5) like every other
+# gamma: every residual branch then adds as much as the identity carries, and the seeded network
+# amplifies any perturbation (per-channel int8 weights alone moved its logits to cosine 0.93), a
+# chaos no trained ResNet-50 has.
+RESIDUAL_GAMMA = (0.0, 0.25)
 
 
 # ------------------------------------------------------------------------- the network
@@ -134,8 +141,9 @@ class ResNet50(nn.Module):
 
 # ---------------------------------------------------------------------------- weights
 
-def init_weights(model: ResNet50, seed: int) -> None:
-    """Deterministic init: float64 draws from one generator, in module order, cast to float32."""
+def init_weights(model: ResNet50, seed: int, recipe: int = RECIPE) -> None:
+    """Deterministic init: float64 draws from one generator, in module order, cast to float32.
+    Recipe 2 then redraws every residual branch's last BatchNorm gamma (see RESIDUAL_GAMMA)."""
     g = torch.Generator().manual_seed(seed)
 
     def draw(shape, kind: str, a: float, b: float) -> torch.Tensor:
@@ -158,6 +166,11 @@ def init_weights(model: ResNet50, seed: int) -> None:
                 bound = 1.0 / m.in_features ** 0.5
                 m.weight.copy_(draw(m.weight.shape, "uniform", -bound, bound))
                 m.bias.copy_(draw(m.bias.shape, "uniform", -bound, bound))
+        if recipe >= 2:
+            lo, hi = RESIDUAL_GAMMA
+            for m in model.modules():
+                if isinstance(m, Bottleneck):
+                    m.bn3.weight.copy_(draw([m.bn3.num_features], "uniform", lo, hi))
 
 
 def calibrate(model: ResNet50, x: torch.Tensor) -> None:
@@ -233,7 +246,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calib-images", type=int, default=64)
     ap.add_argument("--weights-sha256", default="", help="pinned weights sha256 (mismatch: warning)")
-    ap.add_argument("--recipe", type=int, default=0, help="registry export_recipe, recorded")
+    ap.add_argument("--recipe", type=int, default=RECIPE, help="registry export_recipe (1: every BN gamma "
+                    "U(0.5, 1.5); 2: residual-branch gammas U(RESIDUAL_GAMMA))")
     args = ap.parse_args()
 
     import onnx
@@ -241,7 +255,7 @@ def main() -> int:
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     model = ResNet50()
-    init_weights(model, args.seed)
+    init_weights(model, args.seed, args.recipe)
     x_cal = torch.from_numpy(inputs.imagenet_batch(args.calib_images, args.seed, split="calib",
                                                    image_dir=args.images))
     t = time.perf_counter()
@@ -301,7 +315,9 @@ def main() -> int:
         **summary,
         "exporter": ("torch.onnx.export(dynamo=False, training=TrainingMode.PRESERVE on eval(), "
                      "do_constant_folding=False)"),
-        "weights": (f"seed {args.seed}; kaiming-normal convs, random BN gamma/beta; BN running stats "
+        "weights": (f"seed {args.seed}, recipe {args.recipe}; kaiming-normal convs, random BN gamma/beta"
+                    + (f" (residual-branch gammas U{RESIDUAL_GAMMA})" if args.recipe >= 2 else "")
+                    + "; BN running stats "
                     f"calibrated on {args.calib_images} 'calib' photo crops (momentum=None, chunks of "
                     f"{CALIB_CHUNK}); fc centred, logit std {LOGIT_STD}"),
         "torch": torch.__version__,

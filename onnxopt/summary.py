@@ -45,11 +45,17 @@ def _value_info(vi: onnx.ValueInfoProto) -> dict:
     return {"name": vi.name, "type": t.WhichOneof("value") or "?", "shape": None}
 
 
+def _params(t: onnx.TensorProto) -> int:
+    """Elements of a weight; int64 tensors hold shapes and indices, not parameters."""
+    if t.data_type == onnx.TensorProto.INT64:
+        return 0
+    return int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+
+
 def _walk(graph: onnx.GraphProto, hist: Counter, counts: Counter) -> None:
     for init in graph.initializer:
         counts["initializers"] += 1
-        n = int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
-        counts["params"] += n
+        counts["params"] += _params(init)
         if external_data_helper.uses_external_data(init):
             info = external_data_helper.ExternalDataInfo(init)
             counts["weight_bytes"] += int(info.length or 0)
@@ -61,7 +67,7 @@ def _walk(graph: onnx.GraphProto, hist: Counter, counts: Counter) -> None:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             for attr in node.attribute:
                 if attr.name == "value" and attr.HasField("t"):  # weights stored as Constant nodes
-                    counts["params"] += int(np.prod(attr.t.dims, dtype=np.int64)) if attr.t.dims else 1
+                    counts["params"] += _params(attr.t)
                     counts["weight_bytes"] += attr.t.ByteSize()
         for attr in node.attribute:
             subs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])

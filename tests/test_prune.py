@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from helpers import assert_same, ops, rand
-from prune_nets import attr, bn, net, node_by_output, prune, vec, w, weight
+from prune_nets import attr, bn, init, net, node_by_output, prune, vec, w, weight
 
 import onnxopt
 from onnxopt import ir
@@ -96,16 +96,80 @@ def test_constant_channel_folds_into_a_1x1_conv_bias():
     assert_same(m, out, X8)
 
 
-def test_constant_channel_meeting_zero_padding_stays_unless_relu_makes_it_zero():
+def padded_constant_net(pads2="1, 1, 1, 1"):
     w1, b1 = w(8, 3, 3, 3), vec(8)
-    w1[2], b1[2] = 0, 0.75                          # relu(0.75): a constant that padding breaks
+    w1[2], b1[2] = 0, 0.75                          # relu(0.75): a constant the padding surrounds with zeros
     w1[4], b1[4] = 0, -0.5                          # relu(-0.5) = 0: zero, padding cannot hurt
-    m = conv_relu_conv(w1, b1, w(4, 8, 3, 3, seed=1), vec(4, seed=1), pads2="1, 1, 1, 1", k2=3)
+    return conv_relu_conv(w1, b1, w(4, 8, 3, 3, seed=1), vec(4, seed=1), pads2=pads2, k2=3)
+
+
+def test_constant_channel_meeting_zero_padding_leaves_through_an_exact_border_term():
+    m = padded_constant_net()
     out, rec = prune(m)
+    assert weight(out, "c1").shape == (6, 3, 3, 3)
+    assert weight(out, "y_noborder").shape == (4, 6, 3, 3)
+    border = next(n for n in out.graph.node if n.op_type == "Conv" and n.input[0] != "r1" and n.input[0] != "x")
+    term = init(out, border.input[1])
+    np.testing.assert_allclose(term[:, 0], 0.75 * w(4, 8, 3, 3, seed=1)[:, 2], rtol=1e-6)
+    assert attr(out, border.output[0], "pads") == [1, 1, 1, 1]
+    assert ops(out).count("ConstantOfShape") == 1
+    assert_same(m, out, X8)
+
+
+def test_border_false_keeps_constants_that_meet_padding():
+    m = padded_constant_net()
+    out, rec = prune(m, "prune{border=false}")
     assert weight(out, "c1").shape == (7, 3, 3, 3)
     kept_bias = weight(out, "c1", 2)
     assert 0.75 in kept_bias and -0.5 not in kept_bias
+    assert "ConstantOfShape" not in ops(out)
     assert_same(m, out, X8)
+
+
+@pytest.mark.parametrize("conv2", [
+    "Conv<pads = [1, 2, 0, 1], strides = [2, 1]>",
+    "Conv<pads = [2, 2, 2, 2], dilations = [2, 2]>",
+    "Conv<auto_pad = \"SAME_UPPER\", strides = [2, 2]>",
+    "Conv<auto_pad = \"SAME_LOWER\">",
+])
+def test_border_term_matches_strides_dilations_and_auto_pad(conv2):
+    w1, b1 = w(8, 3, 3, 3), vec(8)
+    w1[1], b1[1] = 0, 1.5
+    w1[6], b1[6] = 0, 0.25
+    m = net(f"""
+    g (float[N,3,H,W] x, float[8,3,3,3] w1, float[8] b1, float[4,8,3,3] w2) => (float[N,4,A,B] y) {{
+      c1 = Conv<pads = [1, 1, 1, 1]>(x, w1, b1)
+      r1 = Relu(c1)
+      y = {conv2}(r1, w2)
+    }}""", w1=w1, b1=b1, w2=w(4, 8, 3, 3, seed=1))
+    out, _ = prune(m)
+    assert weight(out, "c1").shape == (6, 3, 3, 3)
+    for shape in ((1, 3, 8, 8), (2, 3, 7, 9)):
+        assert_same(m, out, {"x": rand(*shape, seed=sum(shape))})
+
+
+def test_border_term_goes_after_the_batchnorm_so_conv_and_batchnorm_still_fuse():
+    w1, b1 = w(8, 3, 3, 3), vec(8)
+    w1[5], b1[5] = 0, 0.6
+    p = bn(4, seed=3)
+    m = net("""
+    g (float[1,3,8,8] x, float[8,3,3,3] w1, float[8] b1, float[4,8,3,3] w2,
+       float[4] scale, float[4] shift, float[4] mean, float[4] var) => (float[1,4,8,8] y) {
+      c1 = Conv<pads = [1, 1, 1, 1]>(x, w1, b1)
+      r1 = Relu(c1)
+      c2 = Conv<pads = [1, 1, 1, 1]>(r1, w2)
+      n2 = BatchNormalization(c2, scale, shift, mean, var)
+      y = Relu(n2)
+    }""", w1=w1, b1=b1, w2=w(4, 8, 3, 3, seed=1), **p)
+    out, _ = prune(m)
+    bn_node = next(n for n in out.graph.node if n.op_type == "BatchNormalization")
+    assert bn_node.input[0] == "c2"                        # still the conv's own output
+    add = next(n for n in out.graph.node if n.op_type == "Add" and bn_node.output[0] in n.input)
+    assert add.output[0] == "n2"
+    assert_same(m, out, X8)
+    fused, _ = prune(m, "prune,fuse")
+    assert "BatchNormalization" not in ops(fused)
+    assert_same(m, fused, X8)
 
 
 def test_constant_channel_folds_exactly_into_an_unpadded_3x3_conv():
@@ -671,4 +735,4 @@ def test_options_are_validated_and_print_canonically():
     with pytest.raises(Exception, match="ratio"):
         parse("prune{ratio=1.5}")
     assert str(parse("prune{ratio=0.5}")) == \
-        "prune{ratio=0.5 criterion=l1 allocation=global multiple=16 target=none compensate=true samples=16 steps=8}"
+        "prune{ratio=0.5 criterion=l1 allocation=global multiple=16 target=none compensate=true border=true samples=16 steps=8}"

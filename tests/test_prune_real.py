@@ -88,20 +88,22 @@ def _zeroed_resnet(style: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("style", ["slim", "l1"])
-def test_resnet50_trainer_zeroed_channels(style):
+@pytest.mark.parametrize("style,border", [("slim", True), ("l1", True), ("l1", False)])
+def test_resnet50_trainer_zeroed_channels(style, border):
     m, zeroed = _zeroed_resnet(style)
-    result = onnxopt.run_pipeline(m, "prune", change_guard=True)
+    result = onnxopt.run_pipeline(m, f"prune{{border={str(border).lower()}}}", change_guard=True)
     layers = result.report.records[0].stats["layers"]
     for name, rows in zeroed.items():
         removed = layers.get(name, {}).get("channels_removed", 0)
-        if style == "slim" or name.endswith("conv2/Conv"):
-            assert removed == len(rows), name          # zero, or a constant every 1x1 conv3 folds
+        if border or style == "slim" or name.endswith("conv2/Conv"):
+            assert removed == len(rows), name          # zero, or a constant folded exactly
         else:
             assert 0 <= removed <= len(rows), name     # l1 conv1: only where relu(BN(0)) == 0
-    if style == "l1":
+    if not border:
         assert any(layers.get(n, {}).get("channels_removed", 0) < len(r) for n, r in zeroed.items()
                    if n.endswith("conv1/Conv")), "constant channels that meet padding must stay"
+    elif style == "l1":
+        assert sum(n.op_type == "ConstantOfShape" for n in result.model.graph.node) > 0
     photos = inputs.imagenet_batch(3, seed=5, split="eval")
     feeds = [{"input": photos[k:k + 1]} for k in range(len(photos))]
     for ref, got in zip(run(m, feeds), run(result.model, feeds)):

@@ -3,7 +3,9 @@
 Default (``ratio=0``): a channel group goes when it is provably zero where it leaves the graph's
 channel flow (zero weight rows and bias, a BatchNormalization with scale and shift 0, ...), or
 provably a constant that every consumer folds exactly into its bias (1x1 or unpadded Conv, Gemm,
-MatMul). Outputs do not change (EXACT). Structured-pruning trainers leave exactly such channels.
+MatMul) or, at a padded Conv, into a border term (``border``: a one-channel Conv over a map of
+ones, which reproduces the zeros that padding puts around the constant). Outputs do not change
+(EXACT). Structured-pruning trainers leave exactly such channels.
 
 ``ratio=R``: also remove the least important share R of the channel groups (LOSSY), ranked by
 ``criterion`` relative to their layer (see ranking.py); with calibration data the removed channels' mean activations are folded
@@ -57,6 +59,9 @@ class Prune(Pass):
             "help": "with ratio>0 and --calib: stop before the mean output cosine falls under this"})
         compensate: bool = field(default=True, metadata={
             "help": "with --calib: fold removed channels' mean activation into the next bias"})
+        border: bool = field(default=True, metadata={
+            "help": "remove constant channels that meet a padded Conv too, adding back their exact "
+                    "contribution as a one-channel Conv over ones (false: they stay)"})
         samples: int = field(default=16, metadata={"help": "calibration samples to use"})
         steps: int = field(default=8, metadata={"help": "shares tried between 0 and ratio for target"})
 
@@ -77,7 +82,7 @@ class Prune(Pass):
         if lossy and ctx.calib is None and (opts.criterion == "activation" or opts.target is not None):
             need = "criterion=activation" if opts.criterion == "activation" else "target"
             raise UsageError(f"prune: {need} needs calibration data (--calib)")
-        rules = build_rules()
+        rules = build_rules(border=opts.border)
         scopes = list(ir.iter_graphs(graph))
         inferred = shapes.infer(graph, ctx)
         before = _snapshot(scopes)
@@ -160,7 +165,7 @@ class Prune(Pass):
         for key in ("onnxopt_types", "onnxopt_type_attrs"):  # what ir.to_proto restores from (see ir.to_graph)
             if key in vars(scope):
                 setattr(trial, key, vars(scope)[key])
-        analysis = analyze(trial, ctx.opset, build_rules(), inferred)
+        analysis = analyze(trial, ctx.opset, build_rules(border=self.options.border), inferred)
         removed = analysis.keep_nonempty(removed)
         fold = _mean_fold(analysis, activations) if self.options.compensate and activations else None
         shrink.apply(analysis, removed, ctx.opset, fold, shrink.all_names(trial))

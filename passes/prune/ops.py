@@ -94,7 +94,14 @@ class Rule:
 
 class ConvRule(Rule):
     """Conv: output rows are new channels; input channels are consumed (group 1) or tied to the
-    output channels of their group (grouped/depthwise: a group goes as a whole, ``group`` shrinks)."""
+    output channels of their group (grouped/depthwise: a group goes as a whole, ``group`` shrinks).
+
+    A constant input channel folds into the bias when nothing pads it; a padded convolution sees
+    zeros at the border instead, so with ``border`` its exact contribution is rebuilt by a
+    one-channel convolution of a map of ones (Shrinker.add_border_term), else it stays."""
+
+    def __init__(self, border: bool = True):
+        self.border = border
 
     def analyze(self, node, env):
         x, w_t, b_t = _input(node, 0), _input(node, 1), _input(node, 2)
@@ -128,10 +135,10 @@ class ConvRule(Rule):
                                           _finite(np.where(known, bias + contrib, NAN)))},
                         handled={0} if tx is not None else set(),
                         producers=[_rows(out, w.reshape(co, -1), co)],
-                        plan={"group": group, "cout_pg": cout_pg, "cin_pg": cin_pg})
+                        plan={"group": group, "cout_pg": cout_pg, "cin_pg": cin_pg, "nopad": nopad})
         if group == 1:
             if tx is not None:
-                effect.exits.append(ExitSpec(0, nopad and w.dtype in (np.float32, np.float64),
+                effect.exits.append(ExitSpec(0, (nopad or (self.border and env.opset >= 9)) and w.dtype in (np.float32, np.float64),
                                              np.abs(flat).sum(axis=(0, 2), dtype=np.float64)))
         elif tx is not None:
             effect.unions += _unions_within([np.concatenate([tx.atoms[k * cin_pg:(k + 1) * cin_pg],
@@ -149,10 +156,14 @@ class ConvRule(Rule):
         m_in, m_out = sh.keep(x), sh.keep(y)
         co = w.shape[0]
         rows = m_out if m_out is not None else np.ones(co, bool)
+        border = None
         if plan["group"] == 1:
             if m_in is not None:
                 fold = sh.fold_values(x)[~m_in]
-                if np.any(fold != 0):
+                if np.any(fold != 0) and not plan["nopad"] and sh.exact_fold(x):
+                    # sum_c v_c * W[:, c]: the removed constants' weights seen through one channel of ones
+                    border = np.einsum("oc...,c->o...", w[:, ~m_in].astype(np.float64), fold)[:, None]
+                elif np.any(fold != 0):
                     sums = w[:, ~m_in].reshape(co, int((~m_in).sum()), -1).sum(axis=2, dtype=np.float64)
                     delta = sums @ fold
                     b = (b.astype(np.float64) if b is not None else np.zeros(co)) + delta
@@ -160,6 +171,8 @@ class ConvRule(Rule):
         else:
             kept_groups = int(rows.sum()) // plan["cout_pg"]
             sh.set_attr(node, "group", kept_groups)
+        if border is not None:
+            sh.add_border_term(node, border[rows].astype(w.dtype))
         w = w[rows]
         sh.set_input(node, 1, w)
         if b is not None:
@@ -1137,9 +1150,10 @@ class SoftmaxRule(Rule):
         return Effect(outputs={0: _same(tx, np.full(tx.size, NAN))}, handled={0})
 
 
-def build_rules() -> dict[str, Rule]:
-    """Op type -> rule. Anything missing is not understood and blocks."""
-    rules: dict[str, Rule] = {"Conv": ConvRule(), "ConvTranspose": ConvTransposeRule(), "Gemm": GemmRule(),
+def build_rules(border: bool = True) -> dict[str, Rule]:
+    """Op type -> rule. Anything missing is not understood and blocks. ``border``: remove constant
+    channels that meet a padded Conv too (see ConvRule)."""
+    rules: dict[str, Rule] = {"Conv": ConvRule(border), "ConvTranspose": ConvTransposeRule(), "Gemm": GemmRule(),
                               "MatMul": MatMulRule(), "BatchNormalization": BatchNormRule(),
                               "InstanceNormalization": InstanceNormRule(), "Dropout": DropoutRule(),
                               "Clip": ClipRule(), "Cast": CastRule(), "Concat": ConcatRule(),

@@ -1,5 +1,6 @@
 """Cut removed channel groups out of a graph: producer rows, per-channel parameters, consumer
-columns (folding constant channels into biases first), sizes in attributes, and the recorded
+columns (folding constant channels into biases first, or into a border term where padding
+meets them), sizes in attributes, and the recorded
 shapes of every tensor that shrinks (stale shapes exported as value_info make ORT reject a model).
 
 Weights may be read-only memory maps: every change builds a new array and a new Constant.
@@ -27,6 +28,7 @@ class Shrinker:
         self.fold_override = fold_override or {}
         self.inserted: list[gs.Node] = []
         self.orphaned: list[gs.Node] = []
+        self.border_terms: list[tuple[gs.Node, np.ndarray]] = []
         # names in use in every scope (a new constant must not shadow an outer name)
         self._fresh = FreshNames(taken if taken is not None else set(self.graph.tensors().keys()))
 
@@ -48,6 +50,10 @@ class Shrinker:
         if values is None:
             values = self.analysis.tracks[id(t)].values
         return np.where(np.isfinite(values), values, 0.0)
+
+    def exact_fold(self, t: gs.Tensor) -> bool:
+        """The values folded for ``t`` are the analysis's proven constants (not lossy means)."""
+        return id(t) not in self.fold_override
 
     # -- edits ---------------------------------------------------------------------------------
 
@@ -88,6 +94,54 @@ class Shrinker:
         self.inserted.append(add)
 
 
+    def add_border_term(self, conv: gs.Node, weight: np.ndarray) -> None:
+        """Add ``Conv(ones, weight)`` (same padding, strides, dilations) to ``conv``'s output: what
+        the removed constant input channels contributed, zero padding included. Built once every
+        rule has shrunk (a BatchNormalization after the conv must be cut first)."""
+        self.border_terms.append((conv, weight))
+
+    def build_border_terms(self) -> None:
+        for conv, weight in self.border_terms:
+            target, weight = self._border_target(conv, weight)
+            rank = weight.ndim
+            x = conv.inputs[0]
+            shape = self._op("Shape", [x], np.int64, "shape")
+            keep = self._constant("border_keep", np.array([1, 0] + [1] * (rank - 2), np.int64))
+            unit = self._constant("border_unit", np.array([0, 1] + [0] * (rank - 2), np.int64))
+            one_channel = self._op("Add", [self._op("Mul", [shape, keep], np.int64, "shape"), unit], np.int64, "shape")
+            ones = self._op("ConstantOfShape", [one_channel], weight.dtype, "ones",
+                            value=gs.Constant(self.unique("border_one"), np.ones(1, dtype=weight.dtype)))
+            attrs = {k: v for k, v in conv.attrs.items() if k in ("auto_pad", "dilations", "kernel_shape", "pads", "strides")}
+            term = self._op("Conv", [ones, self._constant("border_weight", weight)], weight.dtype, "border", **attrs)
+            y = target.outputs[0]
+            mid = gs.Variable(self.unique(f"{y.name}_noborder"), dtype=y.dtype)
+            target.outputs[0] = mid
+            add = gs.Node("Add", name=self.unique(f"{target.name or target.op}_border"), inputs=[mid, term], outputs=[y])
+            self.graph.nodes.append(add)
+            self.inserted.append(add)
+
+    def _border_target(self, conv: gs.Node, weight: np.ndarray) -> tuple[gs.Node, np.ndarray]:
+        """Add the term after an inference BatchNormalization that is the conv's only consumer
+        (scaled by it), so Conv+BatchNormalization still fuse; else right after the conv."""
+        y = conv.outputs[0]
+        if len(y.outputs) != 1 or any(y is o for o in self.graph.outputs):
+            return conv, weight
+        bn = y.outputs[0]
+        if (bn.op != "BatchNormalization" or (bn.domain or "") not in ("", "ai.onnx") or len(bn.outputs) != 1
+                or int(bn.attrs.get("training_mode", 0)) or bn.inputs[0] is not y):
+            return conv, weight
+        scale, var = const_array(bn.inputs[1]), const_array(bn.inputs[4])
+        if scale is None or var is None or scale.shape != (weight.shape[0],) or var.shape != scale.shape:
+            return conv, weight
+        factor = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + float(bn.attrs.get("epsilon", 1e-5)))
+        return bn, (weight.astype(np.float64) * factor.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(weight.dtype)
+
+    def _op(self, op: str, inputs: list[gs.Tensor], dtype, base: str, **attrs) -> gs.Variable:
+        out = gs.Variable(self.unique(f"border_{base}"), dtype=dtype)
+        self.graph.nodes.append(gs.Node(op, name=self.unique(f"border_{op}"), attrs=attrs, inputs=inputs, outputs=[out]))
+        return out
+
+
 def all_names(graph: gs.Graph) -> set[str]:
     """Every tensor name of a graph and its subgraphs."""
     from onnxopt import ir
@@ -111,6 +165,7 @@ def apply(analysis: ChannelAnalysis, removed: set[int], opset: int,
         if any(id(t) in masks for t in list(node.inputs) + list(node.outputs)):
             rule, plan = entry
             rule.shrink(node, plan, sh)
+    sh.build_border_terms()
     for tid, mask in masks.items():
         t = analysis.tensors[tid]
         track = analysis.tracks[tid]
@@ -128,6 +183,6 @@ def apply(analysis: ChannelAnalysis, removed: set[int], opset: int,
             if id(n) in dead:
                 n.outputs.clear()
         analysis.graph.nodes = [n for n in analysis.graph.nodes if id(n) not in dead]
-    if sh.inserted:
+    if sh.inserted or sh.border_terms:
         analysis.graph.toposort(recurse_subgraphs=False)
     return masks
