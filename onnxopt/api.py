@@ -91,14 +91,15 @@ def run_pipeline(model, passes: str | Pipeline | None = None, calib=None, *, che
     instruments: list[Instrument] = []
     if change_guard:
         instruments.append(ChangeGuard())
+    # instruments export with ctx.header itself: a pass that raises the opset updates it in place
     if verify_each:
         sess, feeds = reference_feeds(loaded, data, shapes)
-        instruments.append(VerifyEach(Reference(feeds, [validate.run(sess, f) for f in feeds]), loaded.proto))
+        instruments.append(VerifyEach(Reference(feeds, [validate.run(sess, f) for f in feeds]), ctx.header))
     if dump_after is not None:
-        instruments.append(DumpAfter(dump_after, loaded.proto))
+        instruments.append(DumpAfter(dump_after, ctx.header))
     graph = ir.to_graph(loaded)
     report = PassManager(pipeline, instruments).run(graph, ctx)
-    template = ir.header_of(loaded.proto)
+    template = ir.header_of(ctx.header)
     previous = next((p.value for p in template.metadata_props if p.key == PROVENANCE_KEY), "")
     ir.set_metadata(template, PROVENANCE_KEY, f"{previous} | {pipeline}" if previous else str(pipeline))
     ir.set_metadata(template, VERSION_KEY, __version__)

@@ -58,6 +58,32 @@ class PassContext:
         """The default-domain opset version."""
         return self.opsets.get("", self.opsets.get("ai.onnx", 0))
 
+    def raise_opset(self, domain: str, version: int) -> None:
+        """Let the output model use ``domain``'s operators at ``version`` (never lowers).
+
+        The caller adapts whatever operators changed meaning between the versions. The header,
+        which every export (result, --verify-each, --dump-after) is built from, follows, and the
+        IR version rises to the least one that opset needs.
+        """
+        import onnx
+
+        key = "" if domain in ("", "ai.onnx") else domain
+        current = self.opsets.get(key, self.opsets.get("ai.onnx", 0) if key == "" else 0)
+        if version <= current:
+            return
+        self.opsets.pop("ai.onnx" if key == "" else key, None)
+        self.opsets[key] = version
+        if self.header is None:
+            return
+        imports = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in self.header.opset_import}
+        imports[key] = version
+        del self.header.opset_import[:]
+        self.header.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in imports.items())
+        needed = onnx.helper.find_min_ir_version_for(list(self.header.opset_import), ignore_unknown=True)
+        if self.header.ir_version < needed:
+            self.header.ir_version = needed
+        self.ir_version = max(self.ir_version, self.header.ir_version)
+
     def report_progress(self, what: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(what, done, total)

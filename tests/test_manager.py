@@ -62,13 +62,44 @@ class LiesAboutChange(Pass):
         return PassResult(changed=False)
 
 
+class ReluToGelu20(Pass):
+    """Test pass: needs an operator of a newer opset (Gelu, opset 20) and raises it."""
+
+    name = "test-gelu20"
+    numerics = Numerics.LOSSY
+    Options = _Opts
+
+    def run(self, graph, ctx):
+        for node in graph.nodes:
+            if node.op == "Relu":
+                node.op = "Gelu"
+        ctx.raise_opset("", 20)
+        ctx.raise_opset("", 18)          # never lowers
+        return PassResult(changed=True)
+
+
+TEST_PASSES = (PeelOneNegPair, LiesAboutChange, ReluToGelu20)
+
+
 @pytest.fixture
 def test_passes():
-    for cls in (PeelOneNegPair, LiesAboutChange):
+    for cls in TEST_PASSES:
         REGISTRY.register(cls)
     yield
-    for cls in (PeelOneNegPair, LiesAboutChange):
+    for cls in TEST_PASSES:
         REGISTRY.unregister(cls.name)
+
+
+def test_a_pass_raises_the_opset_for_the_result_and_every_instrument(test_passes, tmp_path):
+    import onnx
+
+    m = model('<ir_version: 7, opset_import: ["" : 15]>\ng (float[4] x) => (float[4] y) { y = Relu(x) }')
+    result = onnxopt.run_pipeline(m, "test-gelu20,cleanup", verify_each=True, dump_after=tmp_path)
+    for out in [result.model] + [onnx.load(p) for p in sorted(tmp_path.glob("*.onnx"))]:
+        onnx.checker.check_model(out, full_check=True)
+        assert {i.domain: i.version for i in out.opset_import}[""] == 20 and out.ir_version >= 9
+    assert [n.op_type for n in result.model.graph.node] == ["Gelu"]
+    assert {i.domain: i.version for i in m.opset_import}[""] == 15 and m.ir_version == 7  # input untouched
 
 
 def test_fixpoint_group_repeats_until_nothing_changes(test_passes):

@@ -115,16 +115,33 @@ def test_weights_per_channel_int8_and_bias_int32_at_input_times_weight_scale(tmp
     np.testing.assert_allclose(inits[b_dq.input[1]], x_scale * w_scale, rtol=1e-6)
 
 
-def test_old_opset_uses_per_axis_qdq_that_ort_still_fuses(tmp_path):
-    q, stats = quantize(cnn(opset=11), calib_file(tmp_path))
+def test_old_opset_is_raised_to_13_for_standard_per_axis_qdq(tmp_path):
+    m = cnn(opset=11)
+    m.ir_version = 6
+    q, stats = quantize(m, calib_file(tmp_path))
+    onnx.checker.check_model(q, full_check=True)
+    qdq = [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    imports = {i.domain: i.version for i in q.opset_import}
+    assert stats["opset_upgraded"] == "11 -> 13" and stats["qdq_ops"] == "standard"
+    assert imports[""] == 13 and q.ir_version >= 7 and "com.microsoft" not in imports
+    assert qdq and all(n.domain in ("", "ai.onnx") for n in qdq)
+    assert fused_ops(q, tmp_path).count("QLinearConv") == 2
+
+
+def test_opset_10_keeps_its_opset_and_uses_ort_contrib_qdq(tmp_path):
+    m = cnn(opset=10)
+    q, stats = quantize(m, calib_file(tmp_path))     # the 13 adapters start at opset 11
     onnx.checker.check_model(q)
     qdq = [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     imports = {i.domain: i.version for i in q.opset_import}
-    if stats.get("opset_upgraded"):  # the framework let the pass raise the opset
-        assert imports[""] >= 13 and all(n.domain in ("", "ai.onnx") for n in qdq)
-    else:
-        assert all(n.domain == "com.microsoft" for n in qdq) and "com.microsoft" in imports
+    assert "opset_upgraded" not in stats and imports[""] == 10
+    assert qdq and all(n.domain == "com.microsoft" for n in qdq) and "com.microsoft" in imports
     assert fused_ops(q, tmp_path).count("QLinearConv") == 2
+
+
+def test_opset_9_is_refused_with_a_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="opset 9"):
+        quantize(cnn(opset=9), calib_file(tmp_path))
 
 
 def test_matmul_with_bias_becomes_qgemm_and_activation_matmul_int8(tmp_path):

@@ -42,6 +42,9 @@ def test_ppocr_cls_int8_agrees_on_held_out_lines_and_shrinks(tmp_path):
     assert agree >= 0.95
     stats = res.report.records[-1].stats
     assert stats["int8_anchors"] > 10 and stats["per_node"]
+    # a Paddle export at opset 11: raised to 13 for standard per-channel Q/DQ any runtime reads
+    assert stats["opset_upgraded"] == "11 -> 13" and stats["qdq_ops"] == "standard"
+    assert {i.domain: i.version for i in onnx.load(str(out)).opset_import}[""] == 13
 
 
 @pytest.mark.realmodel

@@ -19,9 +19,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt.errors import UsageError
+
 from .graphutil import Namer
 
 PER_AXIS_OPSET = 13
+MIN_OPSET = 10           # QLinearConv/QLinearMatMul: what ORT fuses Q/DQ into
 MS_DOMAIN = "com.microsoft"
 
 # Operators whose meaning or signature changed between opset 11 and 13 (beyond new types).
@@ -46,6 +49,10 @@ def choose_flavor(graph: gs.Graph, ctx) -> QdqFlavor:
     opset = ctx.opset
     if opset >= PER_AXIS_OPSET:
         return QdqFlavor("", opset)
+    if opset < MIN_OPSET:
+        raise UsageError(f"quantize: the model is opset {opset}; int8 needs opset >= {MIN_OPSET} "
+                         "(ONNX Runtime's QLinear kernels): convert it first, e.g. "
+                         "onnx.version_converter.convert_version(model, 13)")
     raise_opset = getattr(ctx, "raise_opset", None)
     if raise_opset is not None and opset >= 11 and upgradable(graph):
         upgrade(graph, opset)

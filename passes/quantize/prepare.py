@@ -17,10 +17,8 @@ from onnxopt.passes.cleanup import lift_constants, remove_dead_nodes
 from .graphutil import Namer, const_array, is_output, name_nodes
 
 
-def prepare(graph: gs.Graph, ir_version: int, ctx=None) -> dict[str, int]:
+def prepare(graph: gs.Graph, ir_version: int) -> dict[str, int]:
     stats = {"constants_lifted": lift_constants(graph) if ir_version >= 4 else 0}
-    if ctx is not None and stats["constants_lifted"]:
-        _forget_lifted(ctx)
     folded = 0
     while True:
         step = _fold_once(graph)
@@ -33,15 +31,6 @@ def prepare(graph: gs.Graph, ir_version: int, ctx=None) -> dict[str, int]:
     name_nodes(graph)
     graph.toposort()
     return {k: v for k, v in stats.items() if v}
-
-
-def _forget_lifted(ctx) -> None:
-    """The framework remembers which tensors its shape analysis annotated, to undo that at the
-    end; tensors lifted to constants here can no longer take a dtype (onnxopt.analysis)."""
-    added = ctx.analyses.get("shapes.added")
-    if isinstance(added, dict):
-        for key in [k for k, (t, _) in added.items() if not isinstance(t, gs.Variable)]:
-            del added[key]
 
 
 def _fold_once(graph: gs.Graph) -> int:
