@@ -235,6 +235,7 @@ def _short(exc: BaseException) -> str:
 EXTRA_MODES = {  # other quantize modes worth a row: model -> pipelines (onnxopt only)
     "ppocrv4_det": ["quantize{mode=fp16}"],
     "all_minilm_l6_v2": ["quantize{mode=dynamic}"],
+    "resnet50": ["quantize{metric=top1 target=0.98 eval-samples=48}"],
 }
 
 

@@ -135,7 +135,8 @@ class ConvRule(Rule):
                                           _finite(np.where(known, bias + contrib, NAN)))},
                         handled={0} if tx is not None else set(),
                         producers=[_rows(out, w.reshape(co, -1), co)],
-                        plan={"group": group, "cout_pg": cout_pg, "cin_pg": cin_pg, "nopad": nopad})
+                        plan={"group": group, "cout_pg": cout_pg, "cin_pg": cin_pg, "nopad": nopad,
+                              "spatial": _static_spatial(env.shape(x))})
         if group == 1:
             if tx is not None:
                 effect.exits.append(ExitSpec(0, (nopad or (self.border and env.opset >= 9)) and w.dtype in (np.float32, np.float64),
@@ -159,20 +160,24 @@ class ConvRule(Rule):
         border = None
         if plan["group"] == 1:
             if m_in is not None:
+                gone = w[:, ~m_in].astype(np.float64)
                 fold = sh.fold_values(x)[~m_in]
-                if np.any(fold != 0) and not plan["nopad"] and sh.exact_fold(x):
-                    # sum_c v_c * W[:, c]: the removed constants' weights seen through one channel of ones
-                    border = np.einsum("oc...,c->o...", w[:, ~m_in].astype(np.float64), fold)[:, None]
-                elif np.any(fold != 0):
-                    sums = w[:, ~m_in].reshape(co, int((~m_in).sum()), -1).sum(axis=2, dtype=np.float64)
-                    delta = sums @ fold
+                if not plan["nopad"] and self.border and sh.opset >= 9:
+                    # proven constants meet the padding: sum_c v_c * W[:, c] seen through one
+                    # channel of ones; anything else (lossy means) folds into the bias, approximately
+                    proven = sh.proven_values(x)[~m_in]
+                    if np.any(proven != 0):
+                        border = np.einsum("oc...,c->o...", gone, proven)[:, None]
+                    fold = np.where(proven != 0, 0.0, fold)
+                if np.any(fold != 0):
+                    delta = gone.reshape(co, gone.shape[1], -1).sum(axis=2) @ fold
                     b = (b.astype(np.float64) if b is not None else np.zeros(co)) + delta
                 w = w[:, m_in]
         else:
             kept_groups = int(rows.sum()) // plan["cout_pg"]
             sh.set_attr(node, "group", kept_groups)
         if border is not None:
-            sh.add_border_term(node, border[rows].astype(w.dtype))
+            sh.add_border_term(node, border[rows].astype(w.dtype), plan["spatial"])
         w = w[rows]
         sh.set_input(node, 1, w)
         if b is not None:
@@ -181,6 +186,13 @@ class ConvRule(Rule):
                 sh.set_input(node, 2, b)
             else:
                 sh.add_input(node, 2, b, "bias")
+
+
+def _static_spatial(shape: list[int | None] | None) -> tuple[int, ...] | None:
+    """The spatial dims of an N x C x ... input when every one is fixed, else None."""
+    if shape is None or len(shape) < 3 or any(d is None for d in shape[2:]):
+        return None
+    return tuple(int(d) for d in shape[2:])
 
 
 def _rows(atoms: np.ndarray, rows: np.ndarray, count: int) -> Producer:
