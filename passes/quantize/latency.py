@@ -36,13 +36,33 @@ def is_depthwise(cand: Candidate) -> bool:
     return group > 1 and w is not None and w.shape[1] == 1
 
 
-TINY_OUTPUT = 4096   # elements: below this an int8 kernel's fixed costs exceed any saving
+TINY_MACS = 1 << 18  # multiply-adds: below this an int8 kernel's fixed costs exceed any saving
+
+
+def macs(cand: Candidate, out_shape: tuple[int, ...] | None) -> int | None:
+    """Multiply-adds of a product with a constant weight: output elements times the reduction
+    length each one needs (a Gemm/MatMul row, a Conv filter); output size when no weight."""
+    if out_shape is None:
+        return None
+    outputs = int(np.prod(out_shape))
+    node = cand.node
+    w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None or w.ndim < 2:
+        return outputs
+    if node.op in ("Conv", "ConvTranspose"):
+        per_output = w.size // (w.shape[0] if node.op == "Conv" else w.shape[1] * int(node.attrs.get("group", 1)))
+    elif node.op == "Gemm":
+        per_output = w.shape[1] if int(node.attrs.get("transB", 0)) else w.shape[0]
+    else:  # MatMul: [..., K, N]
+        per_output = w.shape[-2]
+    return outputs * int(per_output)
 
 
 def slow_int8(cands: dict[str, Candidate], shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, str]:
     """Anchors whose int8 kernel cannot beat float on ORT's CPU EP, with the reason: depthwise
     convolutions, and tiny products such as squeeze-excitation convs on 1x1 maps (their int8
-    form saves nothing and costs accuracy)."""
+    form saves nothing and costs accuracy). A classifier's 2048x1000 Gemm is not tiny: its
+    output is, but reading its weights is the cost, and int8 reads a quarter."""
     slow = {}
     for n, c in cands.items():
         if not c.is_anchor:
@@ -50,9 +70,9 @@ def slow_int8(cands: dict[str, Candidate], shapes: dict[str, tuple[int, ...]] | 
         if is_depthwise(c):
             slow[n] = "depthwise conv: int8 kernel slower than float on CPU"
             continue
-        out = (shapes or {}).get(c.node.outputs[0].name)
-        if out is not None and int(np.prod(out)) < TINY_OUTPUT:
-            slow[n] = f"tiny output ({int(np.prod(out))} values): int8 cannot pay"
+        work = macs(c, (shapes or {}).get(c.node.outputs[0].name))
+        if work is not None and work < TINY_MACS:
+            slow[n] = f"tiny product ({work} multiply-adds): int8 cannot pay"
     return slow
 
 
