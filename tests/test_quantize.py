@@ -273,9 +273,36 @@ def test_latency_rules_keep_depthwise_and_tiny_products_float(tmp_path):
 
 
 def test_exclude_keeps_named_nodes_and_op_types_float(tmp_path):
-    _, stats = quantize(cnn(), calib_file(tmp_path), options=f"{RULES} exclude=conv1,Gemm")
+    q, stats = quantize(cnn(), calib_file(tmp_path), options=f"{RULES} exclude=conv1,Gemm")
     floats = {r["node"]: r["reason"] for r in stats["per_node"] if not r["int8"]}
     assert floats == {"conv1": "excluded by option", "fc": "excluded by option"}
+    inits = {i.name: i for i in q.graph.initializer}
+    for name in ("conv1", "fc"):   # the user's float nodes keep their float32 weights as given
+        node = next(n for n in q.graph.node if n.name == name)
+        assert inits[node.input[1]].data_type == TensorProto.FLOAT
+
+
+def test_weights_too_sensitive_for_int8_are_stored_float16_when_the_target_allows(tmp_path):
+    from onnxopt import ir
+    from onnxopt.passes.quantize.compress import store_half
+
+    m = cnn()
+    graph = ir.to_graph(ir.from_proto(m))
+    conv2 = next(n for n in graph.nodes if n.name == "conv2")
+    assert store_half(graph, [conv2]) == 1
+    out = ir.to_proto(graph, ir.header_of(m))
+    cast = next(n for n in out.graph.node if n.op_type == "Cast")
+    assert {i.name: i.data_type for i in out.graph.initializer}[cast.input[0]] == TensorProto.FLOAT16
+    x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    ref = validate.run(validate.session(m), {"x": x})["y"]
+    got = validate.run(validate.session(out), {"x": x})["y"]
+    assert validate.diff("y", ref, got).max_rel < 5e-3 and not np.array_equal(ref, got)
+    # in the pass: a target that int8 storage misses but float16 storage meets
+    q, stats = quantize(m, calib_file(tmp_path), options=f"{RULES} target=0.999995 metric=cosine")
+    assert stats["int8_anchors"] == 2 and stats["weights_stored_fp16_float_compute"] == 1
+    assert "weights_stored_int8_float_compute" not in stats and stats["score"]["chosen"] >= 0.999995
+    f16 = [i for i in q.graph.initializer if i.data_type == TensorProto.FLOAT16]
+    assert len(f16) == 1
 
 
 def test_dynamic_mode_needs_no_data_and_ort_fuses_it(tmp_path):

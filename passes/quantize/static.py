@@ -12,7 +12,7 @@ from onnxopt.errors import BadInputError, UsageError
 from onnxopt.pass_base import PassContext, PassResult
 
 from . import calibration, latency, ops
-from .compress import compress_weights
+from .compress import compress_weights, store_half
 from .embedding import quantize_embeddings
 from .emit import EmitStats, emit
 from .evaluate import Evaluator
@@ -24,6 +24,7 @@ from .prepare import prepare
 from .report import per_node
 from .sensitivity import select
 
+PRODUCTS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 NO_CALIB = ("quantize: static quantization needs calibration data: pass --calib DATA "
             "(.npz keyed by input name), or use quantize{mode=dynamic} or quantize{mode=fp16}")
 
@@ -67,22 +68,32 @@ class Builder:
     reduce_range: bool = False
     embeddings: bool = True
     compress: bool = True
-    exact: frozenset = frozenset()           # anchors (names) that stay exactly float
+    exact: frozenset = frozenset()           # anchors (names) whose weights int8 cannot hold
+    excluded: frozenset = frozenset()        # names/op types the user keeps float: untouched
     means: dict | None = None                # per-channel input means: bias correction
+    half: frozenset = frozenset()            # ``exact`` anchors whose weights are stored float16
 
-    def apply(self, graph: gs.Graph, anchors: set[str]) -> tuple[Plan, EmitStats, int]:
+    def apply(self, graph: gs.Graph, anchors: set[str]) -> tuple[Plan, EmitStats, int, int]:
         """int8 for ``anchors``; int8 storage (float compute) for the weights of every other
-        Conv/ConvTranspose/MatMul/Gemm except the ``exact`` ones."""
+        Conv/ConvTranspose/MatMul/Gemm except the ``exact`` ones (float16 storage for ``half``).
+        Returns the plan, the emit statistics, and the weights stored int8 and float16."""
         plan = make_plan(graph, find_candidates(graph, self.ranges, self.settings), anchors, self.ranges, self.settings)
         stats = emit(graph, plan, self.flavor, pow2=self.settings.pow2, reduce_range=self.reduce_range,
                      activation_dtype=self.settings.activation_dtype, means=self.means)
-        stored = 0
+        stored = halves = 0
         if self.compress:
-            floats = [n for n in graph.nodes if n.name not in plan.units and n.name not in self.exact
-                      and n.op not in self.exact and n.op in ("Conv", "ConvTranspose", "MatMul", "Gemm")]
+            floats = [n for n in graph.nodes if n.name not in plan.units and n.op in PRODUCTS
+                      and not self._kept(n, self.exact | self.excluded)]
+            halved = [n for n in graph.nodes if n.name not in plan.units and n.op in PRODUCTS
+                      and n.name in self.half and not self._kept(n, self.excluded)]
             stored = compress_weights(graph, floats, reduce_range=self.reduce_range, means=self.means)
+            halves = store_half(graph, halved)
         tables = quantize_embeddings(graph) if self.embeddings else 0
-        return plan, stats, tables + stored
+        return plan, stats, tables + stored, halves
+
+    @staticmethod
+    def _kept(node: gs.Node, names: frozenset) -> bool:
+        return node.name in names or node.op in names
 
     def __call__(self, anchors: set[str]) -> onnx.ModelProto:
         return self.model_of(copy_graph(self.graph), anchors)
@@ -138,7 +149,7 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
     settings = Settings(activation_dtype=o.activations, pow2=o.scale == "pow2", enabled_ops=_enabled_ops(o),
                         opset=flavor.opset)
     build = Builder(graph, header, flavor, settings, all_ranges[methods[0]], o.reduce_range, o.embeddings,
-                    o.compress, frozenset(o.exclude), means if o.bias_correction != "off" else None)
+                    o.compress, frozenset(), frozenset(o.exclude), means if o.bias_correction != "off" else None)
     cands = find_candidates(graph, build.ranges, settings)
     kept_float: dict[str, str] = {}
     for name, cand in cands.items():
@@ -233,6 +244,23 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
             stats["score"]["chosen"] = round(best[1].value, 6)
             for name in order[:best[2]]:
                 kept_float[name] += "; int8 weight storage"
+    if build.compress:
+        # weights still exact: float16 storage halves them if the target still holds; all at
+        # once, else one anchor at a time, least sensitive first
+        order = sorted(final.exact - final.excluded, key=lambda a: selection.sensitivity.get(a, 1.0))
+        everything = replace(final, half=frozenset(order))
+        s = evaluator.score(everything(chosen)) if order and target > 0 else None
+        if order and (s is None or s.value >= target):
+            final = everything
+        else:
+            for name in order:
+                trial = replace(final, half=final.half | {name})
+                s = evaluator.score(trial(chosen))
+                if s.value >= target:
+                    final = trial
+                    stats["score"]["chosen"] = round(s.value, 6)
+        if s is not None and final is everything:
+            stats["score"]["chosen"] = round(s.value, 6)
     if settings.pow2 and chosen:  # what power-of-two scales cost against float scales
         pow2_score = evaluator.score(final(chosen)).value
         free = replace(final, settings=replace(settings, pow2=False))
@@ -241,7 +269,7 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
                               "float_scales": round(float_score, 6), "cost": round(float_score - pow2_score, 6)}
 
     # emit -------------------------------------------------------------------------------------
-    plan, es, tables = final.apply(graph, chosen)
+    plan, es, tables, halves = final.apply(graph, chosen)
     stats["int8_nodes"] = es.quantized_nodes
     stats["int8_anchors"] = len(plan.anchors())
     stats["float_anchors"] = sum(1 for c in cands.values() if c.is_anchor) - len(plan.anchors())
@@ -250,6 +278,8 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
         stats["biases_corrected"] = es.biases_corrected
     if tables:
         stats["weights_stored_int8_float_compute"] = tables
+    if halves:
+        stats["weights_stored_fp16_float_compute"] = halves
     if es.bias_values_clipped:
         stats["bias_values_clipped"] = es.bias_values_clipped
     if o.report:
