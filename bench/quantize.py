@@ -314,14 +314,15 @@ def markdown(rows: list[dict], command: str, threads: tuple[int, ...]) -> str:
                 continue
             lat = q.get("latency", {})
             notes = "; ".join(q.get("notes", []))
-            if label.startswith("onnxopt "):
-                st = q.get("stats", {})
+            st = q.get("stats", {})
+            if label.startswith("onnxopt") and "int8_anchors" in st:
+                half = st.get("weights_stored_fp16_float_compute")
+                notes = (f"{st['int8_anchors']} int8 / {st.get('float_anchors', '?')} float anchors"
+                         + (f" ({half} with float16 weights)" if half else "")
+                         + f", calibration {st.get('calibration', {}).get('method', '?')}, {q.get('seconds', '?')} s")
+            elif label.startswith("onnxopt "):
                 notes = ", ".join(f"{k} {v}" for k, v in st.items() if k not in ("prepared", "mode")) \
                     + f", {q.get('seconds', '?')} s"
-            if label == "onnxopt":
-                st = q.get("stats", {})
-                notes = f"{st.get('int8_anchors', '?')} int8 / {st.get('float_anchors', '?')} float anchors, " \
-                        f"calibration {st.get('calibration', {}).get('method', '?')}, {q.get('seconds', '?')} s"
             valid = q.get("valid", "no model" if label == "ort" and "fidelity" not in q else "?")
             lines.append(f"| {r['model']} | {r['metric']} ({r['target']}) | {label} | {valid} | "
                          f"{_cell(q.get('fidelity'), '{:.4f}')} | "
