@@ -77,6 +77,44 @@ def model_summary(m) -> dict:
     }
 
 
+def record_head(name: str, out: Path, recipe: int, weights_sha: str, pinned: str, m) -> dict:
+    """The fields every export record starts with: the file, its recipe, the weights' hash
+    against the registry pin, and ``model_summary``."""
+    return {
+        "model": name,
+        "file": out.name,
+        "sha256": sha256_file(out),
+        "size": out.stat().st_size,
+        "export_recipe": recipe,
+        "weights_sha256": weights_sha,
+        "weights_sha256_pinned": pinned or None,
+        "weights_match_pin": (weights_sha == pinned) if pinned else None,
+        **model_summary(m),
+    }
+
+
+def environment() -> dict:
+    """Versions that decide an export's bytes (torch/keras are added by their scripts)."""
+    import platform
+    import sys
+
+    import onnx
+    import onnxruntime
+    import PIL
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "pillow": PIL.__version__,
+            "numpy": np.__version__, "python": sys.version.split()[0], "machine": platform.machine()}
+
+
+def refuse(script: str, problems: list[str]) -> int:
+    """Print what failed (the first 20) and the exit status that leaves no model behind."""
+    import sys
+
+    for p in problems[:20]:
+        print(f"{script}: {p}", file=sys.stderr)
+    return 1
+
+
 def ort_session(path: Path):
     """An ORT CPU session with graph optimizations off, so the file itself is what runs."""
     import onnxruntime as ort

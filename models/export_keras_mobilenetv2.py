@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -158,24 +157,13 @@ def main() -> int:
         if spread["distinct_top1"] < 3:
             problems.append(f"outputs do not tell photos apart: {spread}")
         if problems:
-            for p in problems[:20]:
-                print(f"export_keras_mobilenetv2: {p}", file=sys.stderr)
-            return 1
+            return common.refuse("export_keras_mobilenetv2", problems)
         common.publish(tmp, args.out)
     finally:
         tmp.unlink(missing_ok=True)
 
-    summary = common.model_summary(m)
     record = {
-        "model": "keras_mobilenetv2",
-        "file": args.out.name,
-        "sha256": common.sha256_file(args.out),
-        "size": args.out.stat().st_size,
-        "export_recipe": args.recipe,
-        "weights_sha256": wsha,
-        "weights_sha256_pinned": args.weights_sha256 or None,
-        "weights_match_pin": (wsha == args.weights_sha256) if args.weights_sha256 else None,
-        **summary,
+        **common.record_head("keras_mobilenetv2", args.out, args.recipe, wsha, args.weights_sha256, m),
         "output_name": out_name,
         "exporter": "keras Model.export(format='onnx') on the torch backend (TorchScript exporter, do_constant_folding=True)",
         "weights": (f"keras initializers seed {args.seed}; {n_bn} BatchNormalization with random gamma/beta; "
@@ -183,12 +171,7 @@ def main() -> int:
                     f"of {CALIB_CHUNK}); classifier centred, pre-softmax logit std {LOGIT_STD}"),
         "keras": keras.__version__,
         "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": __import__("onnxruntime").__version__,
-        "pillow": __import__("PIL").__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
+        **common.environment(),
         "checks": checks,
         "log_prob_spread_eval": spread,
         "calibration_seconds": round(calib_s, 2),
@@ -198,7 +181,7 @@ def main() -> int:
     common.write_record(args.out.with_name(args.out.stem + ".export.json"), record)
     worst = max(c["max_rel_err"] for c in checks)
     agree = min(c["top1_agreement"] for c in checks)
-    hist = summary["op_histogram"]
+    hist = record["op_histogram"]
     print(f"[export] {args.out.name}: opset {record['opset']}, {record['nodes']} nodes "
           f"({hist.get('Transpose', 0)} Transpose, {hist.get('Conv', 0)} Conv), "
           f"{record['size'] / 2**20:.1f} MiB, calibration {calib_s:.1f}s, export {export_s:.1f}s; "

@@ -20,12 +20,8 @@ Checks, all on real sentences from Python module docstrings:
 from __future__ import annotations
 
 import argparse
-import collections
-import hashlib
-import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,19 +31,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import export_common as common  # models/export_common.py
 import inputs  # models/inputs.py
 import numpy as np
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 MIN_COS = 0.9999
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main() -> int:
@@ -59,14 +48,13 @@ def main() -> int:
     args = ap.parse_args()
 
     import onnx
-    import onnxruntime as ort
     import torch
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
     t0 = time.perf_counter()
     weights = args.src / "model.safetensors"
-    if sha256_file(weights) != args.weights_sha256:
+    if common.sha256_file(weights) != args.weights_sha256:
         print(f"export_minilm: {weights} does not match its pinned sha256", file=sys.stderr)
         return 1
     torch.manual_seed(0)
@@ -102,10 +90,7 @@ def main() -> int:
     # 2. Export (legacy TorchScript exporter: works offline, no onnxscript needed).
     ex = {k: torch.from_numpy(v) for k, v in inputs.minilm_batch(
         sentences[:2], tokenizer_dir=args.src, backend="python").items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = common.temp_beside(args.out)
     try:
         t = time.perf_counter()
         dyn = {k: {0: "batch", 1: "sequence"} for k in [*INPUT_NAMES, "last_hidden_state"]}
@@ -119,10 +104,7 @@ def main() -> int:
         # 3. Checks.
         m = onnx.load(str(tmp))
         onnx.checker.check_model(m, full_check=True)
-        opset = {o.domain or "ai.onnx": o.version for o in m.opset_import}
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(tmp), so, providers=["CPUExecutionProvider"])
+        sess = common.ort_session(tmp)
         checks = []
         batches = [sentences[2:10], sentences[10:11], sentences[-4:]]
         long_first = sorted(sentences, key=len, reverse=True)[:3]
@@ -139,46 +121,28 @@ def main() -> int:
                            "max_abs_diff": float(np.abs(got - ref).max()),
                            "min_embedding_cosine": cos})
             if not (np.isfinite(got).all() and cos > MIN_COS):
-                print(f"export_minilm: ORT disagrees with torch: {checks[-1]}", file=sys.stderr)
-                return 1
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, args.out)
+                return common.refuse("export_minilm", [f"ORT disagrees with torch: {checks[-1]}"])
+        common.publish(tmp, args.out)
     finally:
         tmp.unlink(missing_ok=True)
 
     record = {
         "model": "all_minilm_l6_v2",
         "file": args.out.name,
-        "sha256": sha256_file(args.out),
+        "sha256": common.sha256_file(args.out),
         "size": args.out.stat().st_size,
         "weights_sha256": args.weights_sha256,
-        "opset": opset.get("ai.onnx"),
-        "opset_import": opset,
-        "ir_version": m.ir_version,
+        **common.model_summary(m),
         "exporter": "torch.onnx.export(dynamo=False, do_constant_folding=True), attn_implementation=eager",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": ort.__version__,
-        "python": sys.version.split()[0],
-        "inputs": {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-                   for i in m.graph.input},
-        "outputs": {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
-                    for o in m.graph.output},
-        "nodes": len(m.graph.node),
-        "op_histogram": dict(sorted(collections.Counter(n.op_type for n in m.graph.node).items())),
-        "initializers": len(m.graph.initializer),
+        **common.environment(),
         "tokenizer_sentences_checked": len(sentences),
         "checks": checks,
         "export_seconds": round(export_s, 2),
         "total_seconds": round(time.perf_counter() - t0, 2),
     }
-    rec_path = args.out.with_name(args.out.stem + ".export.json")
-    fd, tmp_rec = tempfile.mkstemp(dir=args.out.parent, prefix=f".{rec_path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1)
-    os.chmod(tmp_rec, 0o644)
-    os.replace(tmp_rec, rec_path)
+    common.write_record(args.out.with_name(args.out.stem + ".export.json"), record)
     worst = min(c["min_embedding_cosine"] for c in checks)
     print(f"[export] {args.out.name}: opset {record['opset']}, {record['nodes']} nodes, "
           f"{record['size'] / 2**20:.1f} MiB, export {export_s:.1f}s, "

@@ -41,7 +41,6 @@ eval() on held-out photos (split "eval") at batch sizes 1, 3 and 12: max relativ
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -295,24 +294,13 @@ def main() -> int:
         if spread["distinct_top1"] < 3 or not np.isfinite([spread["min"], spread["max"]]).all():
             problems.append(f"logits are not informative on real photos: {spread}")
         if problems:
-            for p in problems[:20]:
-                print(f"export_resnet50: {p}", file=sys.stderr)
-            return 1
+            return common.refuse("export_resnet50", problems)
         common.publish(tmp, args.out)
     finally:
         tmp.unlink(missing_ok=True)
 
-    summary = common.model_summary(m)
     record = {
-        "model": "resnet50",
-        "file": args.out.name,
-        "sha256": common.sha256_file(args.out),
-        "size": args.out.stat().st_size,
-        "export_recipe": args.recipe,
-        "weights_sha256": wsha,
-        "weights_sha256_pinned": args.weights_sha256 or None,
-        "weights_match_pin": (wsha == args.weights_sha256) if args.weights_sha256 else None,
-        **summary,
+        **common.record_head("resnet50", args.out, args.recipe, wsha, args.weights_sha256, m),
         "exporter": ("torch.onnx.export(dynamo=False, training=TrainingMode.PRESERVE on eval(), "
                      "do_constant_folding=False)"),
         "weights": (f"seed {args.seed}, recipe {args.recipe}; kaiming-normal convs, random BN gamma/beta"
@@ -321,20 +309,15 @@ def main() -> int:
                     f"calibrated on {args.calib_images} 'calib' photo crops (momentum=None, chunks of "
                     f"{CALIB_CHUNK}); fc centred, logit std {LOGIT_STD}"),
         "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": __import__("onnxruntime").__version__,
-        "pillow": __import__("PIL").__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
+        **common.environment(),
         "torch_threads": torch.get_num_threads(),
-        "batchnorm_nodes": summary["op_histogram"].get("BatchNormalization", 0),
         "checks": checks,
         "logit_spread_eval": spread,
         "calibration_seconds": round(calib_s, 2),
         "export_seconds": round(export_s, 2),
         "total_seconds": round(time.perf_counter() - t0, 2),
     }
+    record["batchnorm_nodes"] = record["op_histogram"].get("BatchNormalization", 0)
     common.write_record(args.out.with_name(args.out.stem + ".export.json"), record)
     worst = max(c["max_rel_err"] for c in checks)
     agree = min(c["top1_agreement"] for c in checks)

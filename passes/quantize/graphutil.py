@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.rewrite import FreshNames
+
 FLOAT_TYPES = (np.float32,)
 
 
@@ -58,19 +60,11 @@ def name_nodes(graph: gs.Graph) -> int:
     return renamed
 
 
-class Namer:
+class Namer(FreshNames):
     """Fresh tensor/node names that collide with nothing in the graph."""
 
     def __init__(self, graph: gs.Graph):
-        self.taken = set(graph.tensors()) | {n.name for n in graph.nodes}
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        super().__init__(set(graph.tensors()) | {n.name for n in graph.nodes})
 
 
 def node_map(graph: gs.Graph) -> dict[str, gs.Node]:
