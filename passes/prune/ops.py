@@ -137,17 +137,9 @@ class ConvRule(Rule):
                         producers=[_rows(out, w.reshape(co, -1), co)],
                         plan={"group": group, "cout_pg": cout_pg, "cin_pg": cin_pg, "nopad": nopad,
                               "spatial": _static_spatial(env.shape(x))})
-        if group == 1:
-            if tx is not None:
-                effect.exits.append(ExitSpec(0, (nopad or (self.border and env.opset >= 9)) and w.dtype in (np.float32, np.float64),
-                                             np.abs(flat).sum(axis=(0, 2), dtype=np.float64)))
-        elif tx is not None:
-            effect.unions += _unions_within([np.concatenate([tx.atoms[k * cin_pg:(k + 1) * cin_pg],
-                                                             out[k * cout_pg:(k + 1) * cout_pg]])
-                                             for k in range(group)])
-        else:
-            effect.blocks.append(out)
-        return effect
+        fold_ok = (nopad or (self.border and env.opset >= 9)) and w.dtype in (np.float32, np.float64)
+        return _link_groups(effect, tx, out, group, cin_pg, cout_pg,
+                            ExitSpec(0, fold_ok, np.abs(flat).sum(axis=(0, 2), dtype=np.float64)))
 
     def shrink(self, node, plan, sh):
         x, y = node.inputs[0], node.outputs[0]
@@ -186,6 +178,23 @@ class ConvRule(Rule):
                 sh.set_input(node, 2, b)
             else:
                 sh.add_input(node, 2, b, "bias")
+
+
+def _link_groups(effect: Effect, tx: Track | None, out: np.ndarray, group: int, cin_pg: int, cout_pg: int,
+                 exit_spec: ExitSpec) -> Effect:
+    """How a (transposed) convolution ties channels: with one group its input channels leave
+    the flow through ``exit_spec``; with several, each group's input and output channels go
+    together (``group`` shrinks); an untracked input with groups pins the outputs."""
+    if group == 1:
+        if tx is not None:
+            effect.exits.append(exit_spec)
+    elif tx is not None:
+        effect.unions += _unions_within([np.concatenate([tx.atoms[k * cin_pg:(k + 1) * cin_pg],
+                                                         out[k * cout_pg:(k + 1) * cout_pg]])
+                                         for k in range(group)])
+    else:
+        effect.blocks.append(out)
+    return effect
 
 
 def _static_spatial(shape: list[int | None] | None) -> tuple[int, ...] | None:
@@ -235,16 +244,8 @@ class ConvTransposeRule(Rule):
                         handled={0} if tx is not None else set(),
                         producers=[_rows(out, cols, co)],
                         plan={"group": group, "cout_pg": cout_pg, "cin_pg": cin_pg})
-        if group == 1:
-            if tx is not None:
-                effect.exits.append(ExitSpec(0, False, np.abs(flat).sum(axis=(1, 2), dtype=np.float64)))
-        elif tx is not None:
-            effect.unions += _unions_within([np.concatenate([tx.atoms[k * cin_pg:(k + 1) * cin_pg],
-                                                             out[k * cout_pg:(k + 1) * cout_pg]])
-                                             for k in range(group)])
-        else:
-            effect.blocks.append(out)
-        return effect
+        return _link_groups(effect, tx, out, group, cin_pg, cout_pg,
+                            ExitSpec(0, False, np.abs(flat).sum(axis=(1, 2), dtype=np.float64)))
 
     def shrink(self, node, plan, sh):
         x, y = node.inputs[0], node.outputs[0]
