@@ -88,6 +88,18 @@ class Rule:
         return None
 
 
+class OneInputRule(Rule):
+    """Base for ops whose channels come from input 0: an untracked input leaves nothing to say."""
+
+    def analyze(self, node, env):
+        x = _input(node, 0)
+        tx = env.track(x) if x is not None else None
+        return Effect() if tx is None else self.analyze_tracked(node, env, tx)
+
+    def analyze_tracked(self, node, env, tx: Track) -> Effect | None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
 # ---------------------------------------------------------------------------------------------
 # layers that create and consume channels
 
@@ -421,15 +433,11 @@ def _bias_add(y: gs.Tensor, n: int, sh) -> tuple[gs.Node | None, int]:
 # per-channel normalisations
 
 
-class BatchNormRule(Rule):
+class BatchNormRule(OneInputRule):
     """Inference BatchNormalization: parameters are cut with the channel; scale 0 maps any input
     to the shift (network slimming's zero channels)."""
 
-    def analyze(self, node, env):
-        x = _input(node, 0)
-        tx = env.track(x) if x is not None else None
-        if tx is None:
-            return Effect()
+    def analyze_tracked(self, node, env, tx):
         if tx.axis != 1 or int(_attr(node, "training_mode", 0)) or int(_attr(node, "spatial", 1)) != 1:
             return None
         if any(_uses(o) for o in node.outputs[1:]):
@@ -453,15 +461,11 @@ class BatchNormRule(Rule):
             sh.set_input(node, slot, sh.const(node.inputs[slot])[m])
 
 
-class InstanceNormRule(Rule):
+class InstanceNormRule(OneInputRule):
     """InstanceNormalization: scale and B are cut with the channel. A zero channel normalises to
     B exactly; any other constant channel is left unknown (its mean is not bit-exact)."""
 
-    def analyze(self, node, env):
-        x = _input(node, 0)
-        tx = env.track(x) if x is not None else None
-        if tx is None:
-            return Effect()
+    def analyze_tracked(self, node, env, tx):
         params = [env.const(_input(node, k)) for k in (1, 2)]
         if tx.axis != 1 or any(p is None or p.shape != (tx.size,) for p in params):
             return None
@@ -531,14 +535,10 @@ def _unary_fn(node: gs.Node):
     return table.get(op)
 
 
-class UnaryRule(Rule):
+class UnaryRule(OneInputRule):
     """Elementwise op of one tensor: same channels, values mapped through the op."""
 
-    def analyze(self, node, env):
-        x = _input(node, 0)
-        tx = env.track(x) if x is not None else None
-        if tx is None:
-            return Effect()
+    def analyze_tracked(self, node, env, tx):
         if len([o for o in node.outputs if _uses(o)]) > 1 or len(node.inputs) > 1:
             return None
         fn = _unary_fn(node)
@@ -547,14 +547,10 @@ class UnaryRule(Rule):
         return Effect(outputs={0: _same(tx, _finite(values))}, handled={0})
 
 
-class DropoutRule(Rule):
+class DropoutRule(OneInputRule):
     """Inference Dropout is the identity; a used mask or a non-constant training flag blocks."""
 
-    def analyze(self, node, env):
-        x = _input(node, 0)
-        tx = env.track(x) if x is not None else None
-        if tx is None:
-            return Effect()
+    def analyze_tracked(self, node, env, tx):
         if any(_uses(o) for o in node.outputs[1:]):
             return None
         flag = _input(node, 2)
@@ -567,14 +563,10 @@ class DropoutRule(Rule):
         return Effect(outputs={0: _same(tx)}, handled={0})
 
 
-class ClipRule(Rule):
+class ClipRule(OneInputRule):
     """Clip with constant bounds (attributes before opset 11, inputs after)."""
 
-    def analyze(self, node, env):
-        x = _input(node, 0)
-        tx = env.track(x) if x is not None else None
-        if tx is None:
-            return Effect()
+    def analyze_tracked(self, node, env, tx):
         lo, hi = -np.inf, np.inf
         if "min" in node.attrs or "max" in node.attrs:
             lo, hi = float(_attr(node, "min", -np.inf)), float(_attr(node, "max", np.inf))
@@ -594,14 +586,10 @@ class ClipRule(Rule):
         return Effect(outputs={0: _same(tx, _finite(values))}, handled={0})
 
 
-class CastRule(Rule):
+class CastRule(OneInputRule):
     """Cast: the same channels; constants go through the target type and back."""
 
-    def analyze(self, node, env):
-        x = _input(node, 0)
-        tx = env.track(x) if x is not None else None
-        if tx is None:
-            return Effect()
+    def analyze_tracked(self, node, env, tx):
         import onnx
 
         try:
