@@ -740,3 +740,19 @@ def test_options_are_validated_and_print_canonically():
         parse("prune{ratio=1.5}")
     assert str(parse("prune{ratio=0.5}")) == \
         "prune{ratio=0.5 criterion=l1 allocation=global multiple=16 target=none compensate=true border=true samples=16 steps=8}"
+
+
+def test_lossy_mode_still_removes_proven_constants_at_padded_convs_exactly(tmp_path):
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=rand(8, 3, 8, 8, seed=7))
+    m = padded_constant_net()
+    exact, rec = prune(m, "prune{ratio=0.25 criterion=activation multiple=1}", calib=data)
+    assert weight(exact, "c1").shape == (6, 3, 3, 3)      # the share is met by the exact groups alone
+    assert rec.stats["groups_removed_lossy"] == 0 and rec.stats["output_max_rel"] < 1e-5
+    out, rec = prune(m, "prune{ratio=0.375 criterion=activation multiple=1}", calib=data)
+    assert weight(out, "c1").shape == (5, 3, 3, 3)        # zero 4 and constant 2 exactly, one ranked
+    assert rec.stats["groups_removed_lossy"] == 1 and "ConstantOfShape" in ops(out)
+    border = next(n for n in out.graph.node if n.op_type == "Conv" and n.input[0] not in ("x", "r1"))
+    np.testing.assert_allclose(init(out, border.input[1])[:, 0], 0.75 * w(4, 8, 3, 3, seed=1)[:, 2], rtol=1e-6)
+    kept, _ = prune(m, "prune{ratio=0.375 criterion=activation multiple=1 border=false}", calib=data)
+    assert "ConstantOfShape" not in ops(kept)
