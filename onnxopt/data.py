@@ -52,15 +52,18 @@ class Dataset:
                                         f"(has {', '.join(arrays.files) or 'none'})")
                 loaded = {name: arrays[name] for name in input_ranks}
             counts = set()
-            for name, array in loaded.items():
+            for name, array in list(loaded.items()):
                 rank = input_ranks[name]
+                if rank == 0 and array.ndim == 0:  # a scalar input given as a scalar: one sample
+                    array = loaded[name] = array[None]
                 if array.ndim not in (rank, rank + 1):
                     raise BadInputError(f"{file}: '{name}' has rank {array.ndim}, model input has rank {rank}")
                 counts.add(array.shape[0])
             if len(counts) != 1:
                 raise BadInputError(f"{file}: arrays disagree on the number of samples ({sorted(counts)})")
             for k in range(counts.pop()):
-                yield {name: (a[k:k + 1] if a.ndim == input_ranks[name] else a[k])
+                # np.asarray: a[k] of a rank-0 input is a numpy scalar, which ORT refuses
+                yield {name: (a[k:k + 1] if a.ndim == input_ranks[name] else np.asarray(a[k]))
                        for name, a in loaded.items()}
 
     def take(self, input_ranks: dict[str, int], limit: int | None = None) -> list[dict[str, np.ndarray]]:

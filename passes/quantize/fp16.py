@@ -2,7 +2,8 @@
 
 Each default-domain node runs in float16 when its schema lets the float inputs/outputs be
 float16 (inputs fixed to tensor(float), like Resize's scales, stay float32). Casts go where a
-float16 producer meets a float32 consumer and at the graph outputs. Where calibration data is
+float16 producer meets a float32 consumer and at the graph outputs. Subgraph bodies
+(If/Loop/Scan) stay float32, and so do the outer tensors they read. Where calibration data is
 given, nodes whose tensors exceed float16's safe range (|x| > 30000, e.g. attention-mask
 sentinels or large pre-activation sums) stay float32: silent overflow to inf is how float16
 conversions break models. Constants are stored in float16 where every user takes float16.
@@ -16,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt import ir
 from onnxopt.pass_base import PassContext, PassResult
+from onnxopt.rewrite import outer_inputs, subgraphs_of
 
 from . import calibration
 from .graphutil import Namer, const_array
@@ -61,6 +63,8 @@ def convert_fp16(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
     if prepared:
         stats["prepared"] = prepared
     hot = _hot_tensors(graph, ctx, o, stats)
+    # subgraph bodies stay float32 and read outer tensors by name: those keep float32 too
+    captured = {t.name for node in graph.nodes for sub in subgraphs_of(node) for t in outer_inputs(sub)}
     namer = Namer(graph)
     f16: set[str] = set()          # float tensors now carrying float16
     converted: list[gs.Node] = []
@@ -73,6 +77,8 @@ def convert_fp16(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
         if slots is None or not slots[1]:
             continue
         if any(t.name in hot for t in list(node.inputs) + list(node.outputs)):
+            continue
+        if any(t.name in captured for t in node.outputs):
             continue
         converted.append(node)
         node.onnxopt_fp16 = slots  # per-node scratch, removed below
