@@ -18,6 +18,7 @@ Latency: ORT defaults (all optimizations), fp32 and both quantized models timed 
 1.00 is faster). Size: file size relative to fp32.
 
     .venv/bin/python bench/quantize.py [--models ppocr_cls ...] [--runs 40] [--md bench/RESULTS_quantize.md]
+                                       [--model resnet50=/path/to/trained/resnet50.onnx]
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _sentences(lo, hi):
 
 
 def _input_name(model: str) -> str:
-    return onnx.load(str(paths.model_path(model)), load_external_data=False).graph.input[0].name
+    return onnx.load(str(model_file(model)), load_external_data=False).graph.input[0].name
 
 
 def _photos(n, seed, split, batch_fn, name="input"):
@@ -142,8 +143,8 @@ TASKS = {
     "all_minilm_l6_v2": Task("all_minilm_l6_v2", "embedding cosine", lambda: _sentences(0, 48),
                              lambda: _sentences(60, 116), embedding_cosine, 0.99),
     "resnet50": Task("resnet50", "top-1 agreement",
-                     lambda: _photos(48, 0, "calib", inputs.imagenet_batch),
-                     lambda: _photos(100, 1, "eval", inputs.imagenet_batch), top1, 0.95),
+                     lambda: _photos(48, 0, "calib", inputs.imagenet_batch, _input_name("resnet50")),
+                     lambda: _photos(100, 1, "eval", inputs.imagenet_batch, _input_name("resnet50")), top1, 0.95),
     "keras_mobilenetv2": Task("keras_mobilenetv2", "top-1 agreement",
                               lambda: _photos(48, 0, "calib", inputs.mobilenet_v2_batch, _input_name("keras_mobilenetv2")),
                               lambda: _photos(100, 1, "eval", inputs.mobilenet_v2_batch, _input_name("keras_mobilenetv2")), top1, 0.95),
@@ -239,8 +240,15 @@ EXTRA_MODES = {  # other quantize modes worth a row: model -> pipelines (onnxopt
 }
 
 
+OVERRIDES: dict[str, Path] = {}   # --model NAME=PATH: another file for a task (e.g. trained weights)
+
+
+def model_file(name: str) -> Path:
+    return OVERRIDES.get(name) or paths.model_path(name)
+
+
 def bench_model(task: Task, runs: int, threads: tuple[int, ...], work: Path, extra: bool = True) -> dict:
-    model_path = paths.model_path(task.model)
+    model_path = model_file(task.model)
     calib, held = task.calib(), task.held()
     calib_dir = write_calib(calib, work / "calib")
     row: dict = {"model": task.model, "metric": task.metric, "target": task.target,
@@ -342,10 +350,18 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--md", default=None, help="write the markdown table here")
     ap.add_argument("--json", default=None, help="write raw results here")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                    help="run task NAME on this ONNX file instead of the cached model (same inputs, e.g. "
+                         "resnet50=/path/to/a/trained/resnet50.onnx with input 'input' [N,3,224,224])")
     args = ap.parse_args(argv)
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        if name not in TASKS or not path:
+            ap.error(f"--model {spec}: want NAME=PATH with NAME one of {', '.join(TASKS)}")
+        OVERRIDES[name] = Path(path)
     rows = []
     for name in args.models:
-        if not paths.available(name):
+        if name not in OVERRIDES and not paths.available(name):
             print(f"{name}: not in the cache (python models/fetch.py), skipped", file=sys.stderr)
             continue
         with tempfile.TemporaryDirectory(prefix=f"qbench_{name}_") as tmp:
