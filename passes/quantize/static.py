@@ -245,22 +245,12 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
             for name in order[:best[2]]:
                 kept_float[name] += "; int8 weight storage"
     if build.compress:
-        # weights still exact: float16 storage halves them if the target still holds; all at
-        # once, else one anchor at a time, least sensitive first
-        order = sorted(final.exact - final.excluded, key=lambda a: selection.sensitivity.get(a, 1.0))
-        everything = replace(final, half=frozenset(order))
-        s = evaluator.score(everything(chosen)) if order and target > 0 else None
-        if order and (s is None or s.value >= target):
-            final = everything
-        else:
-            for name in order:
-                trial = replace(final, half=final.half | {name})
-                s = evaluator.score(trial(chosen))
-                if s.value >= target:
-                    final = trial
-                    stats["score"]["chosen"] = round(s.value, 6)
-        if s is not None and final is everything:
-            stats["score"]["chosen"] = round(s.value, 6)
+        final, halved_score = _halve_exact_weights(final, chosen, evaluator, target, selection.sensitivity)
+        if halved_score is not None:
+            stats["score"]["chosen"] = round(halved_score.value, 6)
+        for name in final.half:
+            if name in kept_float:
+                kept_float[name] += "; float16 weight storage"
     if settings.pow2 and chosen:  # what power-of-two scales cost against float scales
         pow2_score = evaluator.score(final(chosen)).value
         free = replace(final, settings=replace(settings, pow2=False))
@@ -288,6 +278,29 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
     _forget_intermediate_types(graph)
     changed = bool(prepared) or es.quantized_nodes > 0 or bool(flavor.upgraded_from) or tables > 0
     return PassResult(changed=changed, stats=stats)
+
+
+def _halve_exact_weights(final: Builder, chosen: set[str], evaluator: Evaluator, target: float,
+                         sensitivity: dict[str, float]):
+    """float16 storage for the weights still exact, if the target still holds: all at once,
+    else one anchor at a time, least sensitive first. Returns the builder and the score it
+    reached (None when nothing was scored)."""
+    order = sorted(final.exact - final.excluded, key=lambda a: sensitivity.get(a, 1.0))
+    if not order:
+        return final, None
+    everything = replace(final, half=frozenset(order))
+    if target <= 0:
+        return everything, None
+    score = evaluator.score(everything(chosen))
+    if score.value >= target:
+        return everything, score
+    best = None
+    for name in order:
+        trial = replace(final, half=final.half | {name})
+        score = evaluator.score(trial(chosen))
+        if score.value >= target:
+            final, best = trial, score
+    return final, best
 
 
 def _forget_intermediate_types(graph: gs.Graph) -> None:
