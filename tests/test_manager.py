@@ -78,7 +78,23 @@ class ReluToGelu20(Pass):
         return PassResult(changed=True)
 
 
-TEST_PASSES = (PeelOneNegPair, LiesAboutChange, ReluToGelu20)
+class NudgeScale(Pass):
+    """Test pass: an APPROX rewrite that moves the output by 5e-5 relative (within 1e-4)."""
+
+    name = "test-nudge"
+    numerics = Numerics.APPROX
+    Options = _Opts
+
+    def run(self, graph, ctx):
+        import numpy as np
+
+        for node in graph.nodes:
+            if node.op == "Mul":
+                node.inputs[1] = gs.Constant("scale_nudged", np.array([1.0 + 5e-5], np.float32))
+        return PassResult(changed=True)
+
+
+TEST_PASSES = (PeelOneNegPair, LiesAboutChange, ReluToGelu20, NudgeScale)
 
 
 @pytest.fixture
@@ -198,3 +214,19 @@ def test_shapes_then_constant_lifting_does_not_break_the_cleanup_of_annotations(
     }""")
     out = onnxopt.optimize(m, passes="test-peel,cleanup")  # shapes annotate k, cleanup lifts it
     assert [n.op_type for n in out.graph.node] == ["Add", "Relu"]
+
+
+def test_verify_each_holds_each_pass_to_its_own_drift_and_records_the_total(test_passes):
+    m = model(HEAD + """
+    g (float[4] x) => (float[4] y) <float[1] scale = {1.0}> {
+      s = Mul(x, scale)
+      n = Neg(s)
+      y = Neg(n)
+    }""")
+    # the exact pass after it is compared with test-nudge's outputs, not charged with its 5e-5
+    # (session 1 compared every pass with the original: test-peel failed at 1e-5)
+    result = onnxopt.run_pipeline(m, "test-nudge,test-peel", verify_each=True, shapes={"x": (4,)})
+    nudge, peel = result.report.records
+    assert 2e-5 < nudge.verify["vs_original_max_rel"] < 1e-4
+    assert peel.verify["ok"] and max(o["max_rel"] for o in peel.verify["outputs"]) == 0.0
+    assert peel.verify["vs_original_max_rel"] == nudge.verify["vs_original_max_rel"]
