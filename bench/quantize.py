@@ -11,7 +11,10 @@ calibration inputs; fidelity is measured on held-out inputs that calibration nev
 - ppocrv4_det: IoU of the binarised (>0.3) probability maps (rendered pages)
 - all_minilm_l6_v2: cosine of mean-pooled sentence embeddings (stdlib docstring sentences)
 - resnet50, keras_mobilenetv2: top-1 agreement (crops of the "eval" photos; calibration uses
-  the "calib" photos)
+  the "calib" photos); both are seeded networks (no pretrained weights offline)
+- resnet50_digits: the same ResNet-50 *trained* on scikit-learn's handwritten digits by
+  models/train_resnet50_digits.py (run when its file is in the cache): top-1 agreement on the
+  597 held-out digits, calibration on 48 training digits
 
 Latency: ORT defaults (all optimizations), fp32 and both quantized models timed interleaved
 (onnxopt.benchmark.measure), at 1 and 2 threads; the table shows time relative to fp32 (below
@@ -133,6 +136,17 @@ def _photos(n, seed, split, batch_fn, name="input"):
     return [{name: x[k:k + 1]} for k in range(n)]
 
 
+TRAINED_DIGITS = "resnet50_digits"   # made by models/train_resnet50_digits.py, not fetched
+
+
+def _digits(split: str) -> list[Feeds]:
+    """The trained ResNet-50's data file (written beside it by the training script)."""
+    path = model_file(TRAINED_DIGITS)
+    data = np.load(path.with_name(path.stem + ".data.npz"))
+    x = data["calib"] if split == "calib" else data["held"]
+    return [{"input": x[k:k + 1]} for k in range(len(x))]
+
+
 TASKS = {
     "ppocr_cls": Task("ppocr_cls", "top-1 agreement", lambda: _cls(_lines(0, 48)), lambda: _cls(_lines(100, 300), 1),
                       top1, 0.95),
@@ -145,6 +159,8 @@ TASKS = {
     "resnet50": Task("resnet50", "top-1 agreement",
                      lambda: _photos(48, 0, "calib", inputs.imagenet_batch, _input_name("resnet50")),
                      lambda: _photos(100, 1, "eval", inputs.imagenet_batch, _input_name("resnet50")), top1, 0.95),
+    TRAINED_DIGITS: Task(TRAINED_DIGITS, "top-1 agreement", lambda: _digits("calib"), lambda: _digits("held"),
+                         top1, 0.95),
     "keras_mobilenetv2": Task("keras_mobilenetv2", "top-1 agreement",
                               lambda: _photos(48, 0, "calib", inputs.mobilenet_v2_batch, _input_name("keras_mobilenetv2")),
                               lambda: _photos(100, 1, "eval", inputs.mobilenet_v2_batch, _input_name("keras_mobilenetv2")), top1, 0.95),
@@ -361,6 +377,13 @@ def main(argv=None) -> int:
         OVERRIDES[name] = Path(path)
     rows = []
     for name in args.models:
+        if name == TRAINED_DIGITS and name not in OVERRIDES:
+            default = paths.cache_dir() / f"{TRAINED_DIGITS}.onnx"
+            if default.is_file():
+                OVERRIDES[name] = default
+            else:
+                print(f"{name}: not made (models/train_resnet50_digits.py), skipped", file=sys.stderr)
+                continue
         if name not in OVERRIDES and not paths.available(name):
             print(f"{name}: not in the cache (python models/fetch.py), skipped", file=sys.stderr)
             continue

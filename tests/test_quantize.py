@@ -401,3 +401,26 @@ def test_cli_refuses_static_without_calib_in_one_line_and_reports_per_node(tmp_p
     assert code == 0 and out.exists()
     text = report.read_text()
     assert "per_node" in text and "conv1" in text and json.loads(text)
+
+
+def test_batchnorm_whose_shift_comes_through_an_identity_still_folds(tmp_path):
+    # torch's exporter writes Identity(shared initializer) for equal tensors: a trained ResNet
+    # block's two BatchNorm shifts (downsample and bn3) stay equal, so one reaches its BN that way
+    rng = np.random.default_rng(0)
+    inits = {"w1": (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32),
+             "w2": (rng.standard_normal((8, 3, 1, 1)) * 0.3).astype(np.float32),
+             "g1": rng.uniform(0.5, 1.5, 8).astype(np.float32), "g2": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+             "shift": (rng.standard_normal(8) * 0.1).astype(np.float32),
+             "m": (rng.standard_normal(8) * 0.1).astype(np.float32), "v": rng.uniform(0.5, 2, 8).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("BatchNormalization", ["c1", "g1", "shift", "m", "v"], ["n1"], name="bn1"),
+             helper.make_node("Identity", ["shift"], ["shift_again"], name="dedup"),
+             helper.make_node("Conv", ["x", "w2"], ["c2"], name="conv2"),
+             helper.make_node("BatchNormalization", ["c2", "g2", "shift_again", "m", "v"], ["n2"], name="bn2"),
+             helper.make_node("Add", ["n1", "n2"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    m = _model(nodes, [_vi("x", [1, 3, 16, 16])], [_vi("y", [1, 8, 16, 16])], inits)
+    q, stats = quantize(m, calib_file(tmp_path))
+    assert stats["prepared"]["passthrough_removed"] == 1 and stats["prepared"]["affine_folded_into_conv"] == 2
+    ops = fused_ops(q, tmp_path)
+    assert "BatchNormalization" not in ops and ops.count("QLinearConv") == 2 and "QLinearAdd" in ops

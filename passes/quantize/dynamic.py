@@ -22,7 +22,7 @@ from .prepare import prepare
 
 def quantize_dynamic(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
     stats: dict = {"mode": "dynamic"}
-    prepared = prepare(graph, ctx.ir_version)
+    prepared = prepare(graph, ctx)
     if prepared:
         stats["prepared"] = prepared
     if ctx.opset < 10:

@@ -59,7 +59,7 @@ def _float_slots(node: gs.Node, opset: int):
 
 def convert_fp16(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
     stats: dict = {"mode": "fp16"}
-    prepared = prepare(graph, ctx.ir_version)
+    prepared = prepare(graph, ctx)
     if prepared:
         stats["prepared"] = prepared
     hot = _hot_tensors(graph, ctx, o, stats)

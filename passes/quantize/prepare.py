@@ -12,13 +12,18 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.cleanup import lift_constants, remove_dead_nodes
+from onnxopt.pass_base import PassContext
+from onnxopt.passes.cleanup import lift_constants, remove_dead_nodes, remove_passthrough
 
 from .graphutil import Namer, const_array, is_output, name_nodes
 
 
-def prepare(graph: gs.Graph, ir_version: int) -> dict[str, int]:
-    stats = {"constants_lifted": lift_constants(graph) if ir_version >= 4 else 0}
+def prepare(graph: gs.Graph, ctx: PassContext) -> dict[str, int]:
+    stats = {"constants_lifted": lift_constants(graph) if ctx.ir_version >= 4 else 0}
+    # Identity/inference Dropout hide constants from the folds below: torch's exporter, for one,
+    # writes Identity(shared initializer) for equal tensors, such as the two BatchNorm shifts of
+    # a trained ResNet block (identical gradients from one residual sum keep them equal)
+    stats["passthrough_removed"] = remove_passthrough(graph, ctx)
     folded = 0
     while True:
         step = _fold_once(graph)

@@ -111,7 +111,7 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
     if ctx.calib is None:
         raise UsageError(NO_CALIB)
     stats: dict = {"mode": "static"}
-    prepared = prepare(graph, ctx.ir_version)
+    prepared = prepare(graph, ctx)
     if prepared:
         stats["prepared"] = prepared
     flavor = choose_flavor(graph, ctx)
