@@ -4,7 +4,7 @@ a *trained* ResNet-50 to quantize, where the cached `resnet50` is only seeded.
 No pretrained ImageNet ResNet-50 can be had offline; a trained one on a small real task is the
 closest stand-in: its outputs have the confident top-1 margins of a trained classifier, which a
 seeded network does not. The data are the 1797 8x8 digits of sklearn/datasets/data/digits.csv.gz
-(scikit-learn's wheel; pass the extracted file), upsampled to 64x64 (bilinear), grey replicated to
+(from the scikit-learn wheel pinned in registry.json, or --digits FILE), upsampled to 64x64 (bilinear), grey replicated to
 three channels, normalised with the ImageNet mean/std. Split by row: 0-1199 train, 1200-1796
 held out (never seen in training).
 
@@ -16,7 +16,7 @@ unfused, opset 17, input ``input`` [N, 3, 64, 64], output ``logits`` [N, 10]). W
 minutes on 2 cores):
 
     ~/.cache/onnxopt/export-venv/bin/python models/train_resnet50_digits.py \
-        --digits digits.csv.gz --out ~/.cache/onnxopt/models/resnet50_digits.onnx
+        --out ~/.cache/onnxopt/models/resnet50_digits.onnx
 """
 
 from __future__ import annotations
@@ -43,6 +43,27 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
 
 
+DIGITS_IN_WHEEL = "sklearn/datasets/data/digits.csv.gz"
+DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+
+
+def fetch_digits(directory: Path) -> Path:
+    """digits.csv.gz out of the scikit-learn wheel pinned in registry.json (pip download)."""
+    import json
+    import subprocess
+    import zipfile
+
+    src = json.loads((HERE / "registry.json").read_text())["sources"]["scikit-learn"]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                    "-d", str(directory), f"{src['package']}=={src['version']}"], check=True)
+    wheel = directory / src["wheel"]
+    if common.sha256_file(wheel) != src["wheel_sha256"]:
+        raise SystemExit(f"{wheel.name}: sha256 differs from the pin in registry.json")
+    out = directory / "digits.csv.gz"
+    out.write_bytes(zipfile.ZipFile(wheel).read(DIGITS_IN_WHEEL))
+    return out
+
+
 def load_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = np.loadtxt(gzip.open(path, "rt"), delimiter=",", dtype=np.float32)
     return rows[:, :64].reshape(-1, 1, 8, 8) / 16.0, rows[:, 64].astype(np.int64)
@@ -55,7 +76,8 @@ def preprocess(x: np.ndarray) -> np.ndarray:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--digits", type=Path, required=True, help="sklearn/datasets/data/digits.csv.gz")
+    ap.add_argument("--digits", type=Path, help="sklearn/datasets/data/digits.csv.gz (default: from the "
+                    "scikit-learn wheel pinned in registry.json, downloaded with pip)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     args = ap.parse_args()
@@ -63,7 +85,13 @@ def main() -> int:
 
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    raw, labels = load_digits(args.digits)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        digits = args.digits or fetch_digits(Path(tmp_dir))
+        if common.sha256_file(digits) != DIGITS_SHA256:
+            return common.refuse("train_resnet50_digits", [f"{digits}: sha256 differs from {DIGITS_SHA256}"])
+        raw, labels = load_digits(digits)
     x = preprocess(raw)
     xt, yt = torch.from_numpy(x[:TRAIN]), torch.from_numpy(labels[:TRAIN])
     model = ResNet50(num_classes=10)
