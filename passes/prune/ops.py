@@ -1074,6 +1074,14 @@ class TransposeRule(Rule):
         return Effect(outputs={0: Track(perm.index(tx.axis), tx.rank, tx.atoms, tx.values)}, handled={0})
 
 
+def _explicit_axes(node: gs.Node, env) -> list[int] | None:
+    """Axes from the attribute (older opsets) or a constant second input; None when unknown."""
+    if "axes" in node.attrs:
+        return list(node.attrs["axes"])
+    value = env.const(_input(node, 1))
+    return None if value is None else value.reshape(-1).tolist()
+
+
 class SqueezeRule(Rule):
     """Squeeze/Unsqueeze with explicit axes shift the channel axis (squeezing it blocks)."""
 
@@ -1081,13 +1089,9 @@ class SqueezeRule(Rule):
         tx = env.track(node.inputs[0])
         if tx is None:
             return Effect()
-        if "axes" in node.attrs:
-            axes = list(node.attrs["axes"])
-        else:
-            value = env.const(_input(node, 1))
-            if value is None:
-                return None
-            axes = value.reshape(-1).tolist()
+        axes = _explicit_axes(node, env)
+        if axes is None:
+            return None
         if node.op == "Squeeze":
             axes = [_norm_axis(a, tx.rank) for a in axes]
             if None in axes or tx.axis in axes or not axes:
@@ -1113,14 +1117,8 @@ class ReduceRule(Rule):
         tx = env.track(node.inputs[0])
         if tx is None:
             return Effect()
-        if "axes" in node.attrs:
-            axes = list(node.attrs["axes"])
-        elif _input(node, 1) is not None:
-            value = env.const(node.inputs[1])
-            if value is None:
-                return None
-            axes = value.reshape(-1).tolist()
-        else:
+        axes = _explicit_axes(node, env)
+        if axes is None:
             return None
         axes = [_norm_axis(a, tx.rank) for a in axes]
         if not axes or None in axes or tx.axis in axes:
