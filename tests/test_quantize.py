@@ -272,6 +272,32 @@ def test_latency_rules_keep_depthwise_and_tiny_products_float(tmp_path):
     assert sum(int(np.prod(i.dims)) for i in int8_inits) >= 32 * 9 + 32 * 32 + 10 * 32
 
 
+def test_pooling_after_an_int8_conv_runs_int8_because_its_dq_converts_fewer_values(tmp_path):
+    """Conv(int8) -> GlobalAveragePool -> Flatten -> tiny Gemm(float): the pool's float form
+    needs a DQ of 32x24x24 values, its int8 form a DQ of 32. Counting conversions alone (one
+    each way) kept it float; weighing them by calibrated size runs it int8, as ORT's own
+    quantizer does."""
+    rng = np.random.default_rng(0)
+    inits = {"wp": (rng.standard_normal((32, 16, 3, 3)) * 0.3).astype(np.float32),
+             "wf": (rng.standard_normal((10, 32)) * 0.3).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "wp"], ["p"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["p"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1, name="fc")]
+    m = _model(nodes, [_vi("x", [1, 16, 24, 24])], [_vi("y", [1, 10])], inits)
+    calib = calib_file(tmp_path, shape=(8, 1, 16, 24, 24))
+    q, stats = quantize(m, calib, options="latency=rules")
+    reasons = {r["node"]: r.get("reason") for r in stats["per_node"]}
+    assert "tiny" in reasons["fc"]
+    fused = fused_ops(q, tmp_path)
+    assert "QLinearGlobalAveragePool" in fused and "QLinearConv" in fused and "Gemm" in fused
+    x = np.load(calib)["x"][0]
+    ref = validate.run(validate.session(m), {"x": x})["y"]
+    got = validate.run(validate.session(q), {"x": x})["y"]
+    assert cosine(ref, got) > 0.999
+
+
 def test_exclude_keeps_named_nodes_and_op_types_float(tmp_path):
     q, stats = quantize(cnn(), calib_file(tmp_path), options=f"{RULES} exclude=conv1,Gemm")
     floats = {r["node"]: r["reason"] for r in stats["per_node"] if not r["int8"]}

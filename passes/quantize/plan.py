@@ -6,8 +6,10 @@ quantized. ``make_plan`` then takes the anchors (Conv/MatMul/Gemm) chosen by the
 
 * absorbs a following Relu/Clip into the anchor's Q (ORT drops it), and a MatMul's bias Add
   (ORT turns MatMul + Add(int32 bias) into QGemm);
-* grows the int8 region over the non-anchor ops only where that removes Q/DQ conversions
-  (an Add between two int8 convs: yes; a lone Concat of float tensors: no);
+* grows the int8 region over the non-anchor ops only where that removes Q/DQ work, weighed
+  by the elements converted where calibration saw the shapes (an Add between two int8 convs:
+  yes; a lone Concat of float tensors: no; a GlobalAveragePool after an int8 conv: yes, its
+  DQ then converts C values instead of C x H x W);
 * decides, per tensor, where a Q goes and with which parameters (pass-through ops repeat
   their input's parameters, which ORT requires to drop their Q/DQ).
 
@@ -236,13 +238,15 @@ def _find_act(graph, cand: Candidate, ranges) -> None:
 
 
 def make_plan(graph: gs.Graph, cands: dict[str, Candidate], anchors: set[str] | None,
-              ranges: dict[str, tuple[float, float]], settings: Settings, *, grow: bool = True) -> Plan:
-    """Units for the chosen anchors (None: every candidate anchor), grown over non-anchors."""
+              ranges: dict[str, tuple[float, float]], settings: Settings, *, grow: bool = True,
+              sizes: dict[str, int] | None = None) -> Plan:
+    """Units for the chosen anchors (None: every candidate anchor), grown over non-anchors.
+    ``sizes``: element counts of tensors (from calibration) that weigh each Q/DQ conversion."""
     chosen = {n for n, c in cands.items() if c.is_anchor and (anchors is None or n in anchors)}
     absorbed = {cands[n].bias_add.name for n in chosen if cands[n].bias_add is not None}
     chosen -= absorbed
     if grow:
-        chosen |= _grow(graph, cands, chosen, absorbed)
+        chosen |= _grow(graph, cands, chosen, absorbed, _conversion_cost(sizes or {}))
     plan = Plan()
     for node in graph.nodes:  # topological order: pass-through parameters flow forward
         if node.name not in chosen:
@@ -290,10 +294,19 @@ def _act_params(t: gs.Tensor, ranges, settings: Settings, bounds) -> QParams:
     return activation_params(lo, hi, settings.activation_dtype, pow2=settings.pow2)
 
 
-def _grow(graph, cands: dict[str, Candidate], chosen: set[str], absorbed: set[str]) -> set[str]:
-    """Non-anchor nodes worth running int8: those whose int8 form needs fewer Q/DQ conversions
-    than their float form, given the nodes already int8. Monotone, so it terminates.
-    ``absorbed`` (bias Adds folded into their MatMul) count as int8 producers, never as units."""
+def _conversion_cost(sizes: dict[str, int]):
+    """What converting a tensor (Q or DQ) costs: its element count; a tensor of unknown size
+    counts as a typical one (the median known size), so unknown shapes neither dominate nor
+    vanish. With no sizes at all every conversion costs 1."""
+    typical = float(np.median(list(sizes.values()))) if sizes else 1.0
+    return lambda t: float(sizes.get(t.name, typical))
+
+
+def _grow(graph, cands: dict[str, Candidate], chosen: set[str], absorbed: set[str], cost) -> set[str]:
+    """Non-anchor nodes worth running int8: those whose int8 form converts fewer elements
+    between float and int8 than their float form, given the nodes already int8 (``cost`` weighs
+    one conversion of a tensor). Monotone, so it terminates. ``absorbed`` (bias Adds folded
+    into their MatMul) count as int8 producers, never as units."""
     grown: set[str] = set()
     region = set(chosen) | absorbed
     others = [c for c in cands.values() if not c.is_anchor and c.name not in absorbed]
@@ -303,7 +316,7 @@ def _grow(graph, cands: dict[str, Candidate], chosen: set[str], absorbed: set[st
         for cand in others:
             if cand.name in region:
                 continue
-            if _int8_cost(graph, cand, region, cands) < _float_cost(graph, cand, region, cands):
+            if _int8_cost(graph, cand, region, cands, cost) < _float_cost(graph, cand, region, cands, cost):
                 region.add(cand.name)
                 grown.add(cand.name)
                 changed = True
@@ -324,23 +337,24 @@ def _produced_int8(t: gs.Tensor, region: set[str], cands) -> bool:
     return False
 
 
-def _float_cost(graph, cand: Candidate, region, cands) -> int:
+def _float_cost(graph, cand: Candidate, region, cands, weigh) -> float:
     node = cand.node
-    cost = sum(1 for i in cand.data_inputs if _produced_int8(node.inputs[i], region, cands))  # DQ needed
-    users = cand.core_output().outputs
-    if users and any(u.name in region for u in users):
-        cost += 1  # a Q on our float output for the int8 users
+    cost = sum(weigh(node.inputs[i]) for i in cand.data_inputs
+               if _produced_int8(node.inputs[i], region, cands))  # DQ needed
+    out = cand.core_output()
+    if out.outputs and any(u.name in region for u in out.outputs):
+        cost += weigh(out)  # a Q on our float output for the int8 users
     return cost
 
 
-def _int8_cost(graph, cand: Candidate, region, cands) -> int:
+def _int8_cost(graph, cand: Candidate, region, cands, weigh) -> float:
     node = cand.node
-    cost = 0
+    cost = 0.0
     for i in cand.data_inputs:
         t = node.inputs[i]
         if not _produced_int8(t, region, cands) and not any(u.name in region for u in t.outputs if u is not node):
-            cost += 1  # a new Q
+            cost += weigh(t)  # a new Q
     out = cand.core_output()
     if is_output(graph, out) or any(u.name not in region for u in out.outputs):
-        cost += 1  # a DQ back to float
+        cost += weigh(out)  # a DQ back to float
     return cost

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -72,12 +73,14 @@ class Builder:
     excluded: frozenset = frozenset()        # names/op types the user keeps float: untouched
     means: dict | None = None                # per-channel input means: bias correction
     half: frozenset = frozenset()            # ``exact`` anchors whose weights are stored float16
+    sizes: dict | None = None                # tensor element counts seen in calibration
 
     def apply(self, graph: gs.Graph, anchors: set[str]) -> tuple[Plan, EmitStats, int, int]:
         """int8 for ``anchors``; int8 storage (float compute) for the weights of every other
         Conv/ConvTranspose/MatMul/Gemm except the ``exact`` ones (float16 storage for ``half``).
         Returns the plan, the emit statistics, and the weights stored int8 and float16."""
-        plan = make_plan(graph, find_candidates(graph, self.ranges, self.settings), anchors, self.ranges, self.settings)
+        plan = make_plan(graph, find_candidates(graph, self.ranges, self.settings), anchors, self.ranges, self.settings,
+                         sizes=self.sizes)
         stats = emit(graph, plan, self.flavor, pow2=self.settings.pow2, reduce_range=self.reduce_range,
                      activation_dtype=self.settings.activation_dtype, means=self.means)
         stored = halves = 0
@@ -149,7 +152,8 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
     settings = Settings(activation_dtype=o.activations, pow2=o.scale == "pow2", enabled_ops=_enabled_ops(o),
                         opset=flavor.opset)
     build = Builder(graph, header, flavor, settings, all_ranges[methods[0]], o.reduce_range, o.embeddings,
-                    o.compress, frozenset(), frozenset(o.exclude), means if o.bias_correction != "off" else None)
+                    o.compress, frozenset(), frozenset(o.exclude), means if o.bias_correction != "off" else None,
+                    sizes={n: int(np.prod(s)) for n, s in shapes.items()})
     cands = find_candidates(graph, build.ranges, settings)
     kept_float: dict[str, str] = {}
     for name, cand in cands.items():
