@@ -20,7 +20,7 @@ Latency: ORT defaults (all optimizations), fp32 and both quantized models timed 
 (onnxopt.benchmark.measure), at 1 and 2 threads; the table shows time relative to fp32 (below
 1.00 is faster). Size: file size relative to fp32.
 
-    .venv/bin/python bench/quantize.py [--models ppocr_cls ...] [--runs 40] [--md bench/RESULTS_quantize.md]
+    .venv/bin/python bench/quantize.py [--models ppocr_cls ...] [--runs 40] [--min-seconds 8] [--md bench/RESULTS_quantize.md]
                                        [--model resnet50=/path/to/trained/resnet50.onnx]
 """
 
@@ -263,7 +263,8 @@ def model_file(name: str) -> Path:
     return OVERRIDES.get(name) or paths.model_path(name)
 
 
-def bench_model(task: Task, runs: int, threads: tuple[int, ...], work: Path, extra: bool = True) -> dict:
+def bench_model(task: Task, runs: int, threads: tuple[int, ...], work: Path, extra: bool = True,
+                min_seconds: float = 0.0) -> dict:
     model_path = model_file(task.model)
     calib, held = task.calib(), task.held()
     calib_dir = write_calib(calib, work / "calib")
@@ -302,9 +303,10 @@ def bench_model(task: Task, runs: int, threads: tuple[int, ...], work: Path, ext
     feeds = held[0]
     for t in threads:
         models = {"fp32": str(model_path), **{k: str(v) for k, v in candidates.items()}}
-        stats = benchmark.measure(models, feeds, threads=t, warmup=5, runs=runs)
+        stats = benchmark.measure(models, feeds, threads=t, warmup=5, runs=runs, min_seconds=min_seconds)
         base = stats["fp32"].median_ms
         row.setdefault("fp32_ms", {})[t] = round(base, 3)
+        row.setdefault("timed_runs", {})[t] = stats["fp32"].runs
         for label in candidates:
             row[label].setdefault("latency", {})[t] = round(stats[label].median_ms / base, 3)
     return row
@@ -354,7 +356,8 @@ def markdown(rows: list[dict], command: str, threads: tuple[int, ...]) -> str:
                          + f" | {_cell(q.get('size'))} | {notes} |")
     lines.append("")
     lines.append("fp32 median ms: " + ", ".join(
-        f"{r['model']} " + "/".join(f"{r.get('fp32_ms', {}).get(t, 0):.2f}" for t in threads) for r in rows)
+        f"{r['model']} " + "/".join(f"{r.get('fp32_ms', {}).get(t, 0):.2f}" for t in threads)
+        + " (" + "/".join(str(r.get("timed_runs", {}).get(t, "?")) for t in threads) + " runs)" for r in rows)
         + f" (threads {'/'.join(map(str, threads))})")
     return "\n".join(lines) + "\n"
 
@@ -363,6 +366,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=list(TASKS))
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--min-seconds", type=float, default=8.0,
+                    help="time each thread count at least this long (small models get more runs)")
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--md", default=None, help="write the markdown table here")
     ap.add_argument("--json", default=None, help="write raw results here")
@@ -389,7 +394,7 @@ def main(argv=None) -> int:
             continue
         with tempfile.TemporaryDirectory(prefix=f"qbench_{name}_") as tmp:
             print(f"[{name}] ...", file=sys.stderr, flush=True)
-            row = bench_model(TASKS[name], args.runs, tuple(args.threads), Path(tmp))
+            row = bench_model(TASKS[name], args.runs, tuple(args.threads), Path(tmp), min_seconds=args.min_seconds)
             rows.append(row)
             print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     command = "python bench/quantize.py " + " ".join(argv if argv is not None else sys.argv[1:])
