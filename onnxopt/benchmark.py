@@ -83,7 +83,7 @@ def _stats(times: list[float], warmup: int, batch: int, threads: int, provider: 
                  batch=batch, ort_version=ort.__version__, provider=provider, threads=threads, sha256=sha)
 
 
-def round_orders(labels: list[str], seed: int = 0):
+def round_orders(labels: list, seed: int = 0):
     """An endless, reproducible stream of shuffled orders: no model always follows the same one."""
     rng = np.random.default_rng(seed)
     while True:
@@ -92,29 +92,33 @@ def round_orders(labels: list[str], seed: int = 0):
 
 def measure(models: dict[str, onnx.ModelProto | str | Path], feeds: dict[str, np.ndarray], *,
             threads: int = 0, device: str = "cpu", warmup: int = 5, runs: int = 30,
-            min_seconds: float = 0.0, progress=None) -> dict[str, Stats]:
-    """Time each model on the same feeds, interleaved round by round."""
-    sessions = {label: _session(m, threads, device) for label, m in models.items()}
-    names = {label: [o.name for o in s.get_outputs()] for label, s in sessions.items()}
-    wanted = {label: {i.name for i in s.get_inputs()} for label, s in sessions.items()}
-    local = {label: {k: v for k, v in feeds.items() if k in wanted[label]} for label in sessions}
+            min_seconds: float = 0.0, sessions: int = 1, progress=None) -> dict[str, Stats]:
+    """Time each model on the same feeds, interleaved round by round. ``sessions`` > 1 opens
+    that many sessions per model and pools their times: two sessions of one file can differ by
+    2-3% for the rest of their lives (where ORT's allocations happened to land), which decides
+    a comparison of two close models."""
+    slots = [(label, k) for label in models for k in range(max(1, sessions))]
+    live = {slot: _session(models[slot[0]], threads, device) for slot in slots}
+    names = {slot: [o.name for o in s.get_outputs()] for slot, s in live.items()}
+    local = {slot: {k: v for k, v in feeds.items() if k in {i.name for i in s.get_inputs()}}
+             for slot, s in live.items()}
     for _ in range(warmup):
-        for label, sess in sessions.items():
-            sess.run(names[label], local[label])
-    times: dict[str, list[float]] = {label: [] for label in sessions}
+        for slot, sess in live.items():
+            sess.run(names[slot], local[slot])
+    times: dict[str, list[float]] = {label: [] for label in models}
     start = time.perf_counter()
     k = 0
-    orders = round_orders(list(sessions))
+    orders = round_orders(slots)
     while k < runs or time.perf_counter() - start < min_seconds:
-        for label in next(orders):
-            sess = sessions[label]
+        for slot in next(orders):
+            sess = live[slot]
             t0 = time.perf_counter()
-            sess.run(names[label], local[label])
-            times[label].append(time.perf_counter() - t0)
+            sess.run(names[slot], local[slot])
+            times[slot[0]].append(time.perf_counter() - t0)
         k += 1
         if progress is not None:
             progress("bench", k, runs)
     batch = next((int(v.shape[0]) for v in feeds.values() if getattr(v, "ndim", 0) > 0), 1)
-    return {label: _stats(times[label], warmup, batch, threads, sessions[label].get_providers()[0],
+    return {label: _stats(times[label], warmup, batch, threads, live[(label, 0)].get_providers()[0],
                           model_sha256(models[label]))
-            for label in sessions}
+            for label in models}

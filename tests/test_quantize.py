@@ -298,6 +298,34 @@ def test_pooling_after_an_int8_conv_runs_int8_because_its_dq_converts_fewer_valu
     assert cosine(ref, got) > 0.999
 
 
+def test_detector_head_concat_of_boxes_and_scores_keeps_the_scores(tmp_path):
+    """A YOLO-style output concatenates box coordinates (hundreds) and class scores (0..1).
+    One activation scale for the Concat would round every score to 0 or to one step of ~2.5
+    while the raw output's cosine stays near 1; the planner must leave that Concat float, so
+    each part keeps its own scale."""
+    rng = np.random.default_rng(0)
+    inits = {"w": (rng.standard_normal((12, 8, 3, 3)) * 0.3).astype(np.float32),
+             "shape": np.array([1, 12, 64], np.int64), "stride": np.array([320.0], np.float32),
+             "s0": np.array([0], np.int64), "s4": np.array([4], np.int64), "s12": np.array([12], np.int64),
+             "ax": np.array([1], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv"),
+             helper.make_node("Reshape", ["c", "shape"], ["r"], name="flat"),
+             helper.make_node("Slice", ["r", "s0", "s4", "ax"], ["b"], name="box_rows"),
+             helper.make_node("Mul", ["b", "stride"], ["boxes"], name="scale_boxes"),
+             helper.make_node("Slice", ["r", "s4", "s12", "ax"], ["l"], name="score_rows"),
+             helper.make_node("Sigmoid", ["l"], ["scores"], name="sigmoid"),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], axis=1, name="head")]
+    m = _model(nodes, [_vi("x", [1, 8, 16, 16])], [_vi("y", [1, 12, 64])], inits)
+    calib = calib_file(tmp_path, shape=(16, 1, 8, 16, 16))
+    q, stats = quantize(m, calib)
+    assert stats["int8_anchors"] == 1
+    x = np.load(calib)["x"][3]
+    ref = validate.run(validate.session(m), {"x": x})["y"]
+    got = validate.run(validate.session(q), {"x": x})["y"]
+    assert np.max(np.abs(ref[:, 4:] - got[:, 4:])) < 0.03          # scores: a few uint8 steps of 1/255
+    assert np.max(np.abs(ref[:, :4] - got[:, :4])) < 0.03 * np.max(np.abs(ref[:, :4]))
+
+
 def test_exclude_keeps_named_nodes_and_op_types_float(tmp_path):
     q, stats = quantize(cnn(), calib_file(tmp_path), options=f"{RULES} exclude=conv1,Gemm")
     floats = {r["node"]: r["reason"] for r in stats["per_node"] if not r["int8"]}

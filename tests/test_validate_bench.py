@@ -148,3 +148,16 @@ def test_bench_rounds_shuffle_the_order_reproducibly():
     followers = {(a, b) for a, b in zip(stream, stream[1:]) if a != b}
     assert followers == {(a, b) for a in labels for b in labels if a != b}
     assert {r[0] for r in first} == set(labels)
+
+
+def test_bench_pools_several_sessions_per_model(models):
+    """Two sessions of one file can differ for their whole life; sessions=3 times each model
+    in three sessions and pools the runs (one Stats per model, not per session)."""
+    from onnxopt import benchmark
+
+    a, b, _ = models
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    stats = benchmark.measure({"a": a, "b": b}, {"x": x}, threads=1, warmup=1, runs=4, sessions=3)
+    assert set(stats) == {"a", "b"}
+    assert all(s.runs == 12 and s.median_ms > 0 for s in stats.values())
+    assert stats["a"].sha256 == benchmark.model_sha256(a)
