@@ -17,8 +17,9 @@ calibration inputs; fidelity is measured on held-out inputs that calibration nev
   597 held-out digits, calibration on 48 training digits
 
 Latency: ORT defaults (all optimizations), fp32 and both quantized models timed interleaved
-(onnxopt.benchmark.measure), at 1 and 2 threads; the table shows time relative to fp32 (below
-1.00 is faster). Size: file size relative to fp32.
+(onnxopt.benchmark.measure: shuffled order every round, three sessions per model pooled, at
+least --min-seconds per thread count), at 1 and 2 threads; the table shows time relative to
+fp32 (below 1.00 is faster). Size: file size relative to fp32.
 
     .venv/bin/python bench/quantize.py [--models ppocr_cls ...] [--runs 40] [--min-seconds 8] [--md bench/RESULTS_quantize.md]
                                        [--model resnet50=/path/to/trained/resnet50.onnx]
@@ -303,7 +304,8 @@ def bench_model(task: Task, runs: int, threads: tuple[int, ...], work: Path, ext
     feeds = held[0]
     for t in threads:
         models = {"fp32": str(model_path), **{k: str(v) for k, v in candidates.items()}}
-        stats = benchmark.measure(models, feeds, threads=t, warmup=5, runs=runs, min_seconds=min_seconds)
+        stats = benchmark.measure(models, feeds, threads=t, warmup=5, runs=runs, min_seconds=min_seconds,
+                                  sessions=3)
         base = stats["fp32"].median_ms
         row.setdefault("fp32_ms", {})[t] = round(base, 3)
         row.setdefault("timed_runs", {})[t] = stats["fp32"].runs
