@@ -21,6 +21,8 @@ Latency: ORT defaults (all optimizations), fp32 and both quantized models timed 
 least --min-seconds per thread count), at 1 and 2 threads; the table shows time relative to
 fp32 (below 1.00 is faster). Size: file size relative to fp32.
 
+Needs the ``bench`` extra (``pip install -e '.[bench]'``: sympy, for ``quant_pre_process``).
+
     .venv/bin/python bench/quantize.py [--models ppocr_cls ...] [--runs 40] [--min-seconds 8] [--md bench/RESULTS_quantize.md]
                                        [--model resnet50=/path/to/trained/resnet50.onnx]
 """
@@ -28,6 +30,7 @@ fp32 (below 1.00 is faster). Size: file size relative to fp32.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import tempfile
@@ -377,6 +380,11 @@ def main(argv=None) -> int:
                     help="run task NAME on this ONNX file instead of the cached model (same inputs, e.g. "
                          "resnet50=/path/to/a/trained/resnet50.onnx with input 'input' [N,3,224,224])")
     args = ap.parse_args(argv)
+    try:
+        importlib.import_module("sympy")
+    except ImportError:
+        ap.error("sympy is missing: ONNX Runtime's quant_pre_process needs it, and without it the "
+                 "competitor would be measured without its pre-processing; pip install -e '.[bench]'")
     for spec in args.model:
         name, _, path = spec.partition("=")
         if name not in TASKS or not path:
