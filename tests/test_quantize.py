@@ -253,14 +253,15 @@ def test_sensitive_node_is_kept_float_to_meet_the_target(tmp_path):
 
 def test_latency_rules_keep_depthwise_and_tiny_products_float(tmp_path):
     """Known from ORT's CPU kernels, no timing needed: depthwise QLinearConv is slower than
-    float, and a 1x10 Gemm saves nothing in int8. Their weights are still stored as int8."""
+    float, and a 1x10 Gemm on a float input saves nothing in int8. Their weights are still
+    stored as int8."""
     rng = np.random.default_rng(0)
     inits = {"wd": (rng.standard_normal((32, 1, 3, 3)) * 0.3).astype(np.float32),
              "wp": (rng.standard_normal((32, 32, 1, 1)) * 0.3).astype(np.float32),
              "wf": (rng.standard_normal((10, 32)) * 0.3).astype(np.float32)}
-    nodes = [helper.make_node("Conv", ["x", "wd"], ["d"], group=32, pads=[1, 1, 1, 1], name="dw"),
-             helper.make_node("Conv", ["d", "wp"], ["p"], name="pw"),
-             helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+    nodes = [helper.make_node("Conv", ["x", "wp"], ["p"], name="pw"),
+             helper.make_node("Conv", ["p", "wd"], ["d"], group=32, pads=[1, 1, 1, 1], name="dw"),
+             helper.make_node("GlobalAveragePool", ["d"], ["g"]),
              helper.make_node("Flatten", ["g"], ["f"]),
              helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1, name="fc")]
     m = _model(nodes, [_vi("x", [1, 32, 24, 24])], [_vi("y", [1, 10])], inits)
@@ -273,10 +274,11 @@ def test_latency_rules_keep_depthwise_and_tiny_products_float(tmp_path):
 
 
 def test_pooling_after_an_int8_conv_runs_int8_because_its_dq_converts_fewer_values(tmp_path):
-    """Conv(int8) -> GlobalAveragePool -> Flatten -> tiny Gemm(float): the pool's float form
-    needs a DQ of 32x24x24 values, its int8 form a DQ of 32. Counting conversions alone (one
-    each way) kept it float; weighing them by calibrated size runs it int8, as ORT's own
-    quantizer does."""
+    """Conv(int8) -> GlobalAveragePool -> Flatten -> tiny Gemm: the pool's float form needs a
+    DQ of 32x24x24 values, its int8 form a DQ of 32. Counting conversions alone (one each way)
+    kept it float; weighing them by calibrated size runs it int8, as ORT's own quantizer does.
+    The tiny Gemm, not worth an int8 island, then joins too (through the exact pass-through
+    Flatten): QGemm reads int8 weights and its input needs no DQ."""
     rng = np.random.default_rng(0)
     inits = {"wp": (rng.standard_normal((32, 16, 3, 3)) * 0.3).astype(np.float32),
              "wf": (rng.standard_normal((10, 32)) * 0.3).astype(np.float32)}
@@ -288,14 +290,33 @@ def test_pooling_after_an_int8_conv_runs_int8_because_its_dq_converts_fewer_valu
     m = _model(nodes, [_vi("x", [1, 16, 24, 24])], [_vi("y", [1, 10])], inits)
     calib = calib_file(tmp_path, shape=(8, 1, 16, 24, 24))
     q, stats = quantize(m, calib, options="latency=rules")
-    reasons = {r["node"]: r.get("reason") for r in stats["per_node"]}
-    assert "tiny" in reasons["fc"]
+    int8 = {r["node"] for r in stats["per_node"] if r["int8"]}
+    assert {"conv", "gap", "flatten", "fc"} <= int8 and stats["tiny_products_joined_int8"] == 1
     fused = fused_ops(q, tmp_path)
-    assert "QLinearGlobalAveragePool" in fused and "QLinearConv" in fused and "Gemm" in fused
+    assert {"QLinearGlobalAveragePool", "QLinearConv", "QGemm"} <= set(fused) and "Gemm" not in fused
     x = np.load(calib)["x"][0]
     ref = validate.run(validate.session(m), {"x": x})["y"]
     got = validate.run(validate.session(q), {"x": x})["y"]
     assert cosine(ref, got) > 0.999
+
+
+def test_a_pass_through_leading_to_no_int8_node_stays_float(tmp_path):
+    """Conv(int8) -> Reshape -> Softmax(float): the Reshape could run on uint8 at the same
+    conversion cost (its DQ after instead of before), which leads nowhere; the plan keeps
+    it float, DQ -> Reshape -> Softmax, not DQ -> Reshape -> Q -> DQ -> Softmax."""
+    rng = np.random.default_rng(0)
+    inits = {"w": (rng.standard_normal((32, 16, 3, 3)) * 0.3).astype(np.float32),
+             "shape": np.array([1, 32, -1], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Reshape", ["c", "shape"], ["r"], name="flat"),
+             helper.make_node("Softmax", ["r"], ["y"], axis=-1, name="softmax")]
+    m = _model(nodes, [_vi("x", [1, 16, 24, 24])], [_vi("y", [1, 32, 576])], inits)
+    q, stats = quantize(m, calib_file(tmp_path, shape=(8, 1, 16, 24, 24)), options="latency=rules metric=cosine")
+    assert stats["int8_anchors"] == 1
+    producer = {o: n for n in q.graph.node for o in n.output}
+    reshape = next(n for n in q.graph.node if n.op_type == "Reshape")
+    assert producer[reshape.input[0]].op_type == "DequantizeLinear"
+    assert producer[next(n for n in q.graph.node if n.op_type == "Softmax").input[0]] is reshape
 
 
 def test_detector_head_concat_of_boxes_and_scores_keeps_the_scores(tmp_path):

@@ -239,14 +239,18 @@ def _find_act(graph, cand: Candidate, ranges) -> None:
 
 def make_plan(graph: gs.Graph, cands: dict[str, Candidate], anchors: set[str] | None,
               ranges: dict[str, tuple[float, float]], settings: Settings, *, grow: bool = True,
-              sizes: dict[str, int] | None = None) -> Plan:
+              sizes: dict[str, int] | None = None, growable: frozenset = frozenset()) -> Plan:
     """Units for the chosen anchors (None: every candidate anchor), grown over non-anchors.
-    ``sizes``: element counts of tensors (from calibration) that weigh each Q/DQ conversion."""
+    ``sizes``: element counts of tensors (from calibration) that weigh each Q/DQ conversion.
+    ``growable``: anchors not worth int8 on their own (tiny products) that may still join the
+    region like a non-anchor, where their neighbours are int8 and joining converts fewer values
+    (a classifier's 2048x10 head after an int8 pooling: ORT's QGemm, no DQ of its input)."""
     chosen = {n for n, c in cands.items() if c.is_anchor and (anchors is None or n in anchors)}
     absorbed = {cands[n].bias_add.name for n in chosen if cands[n].bias_add is not None}
     chosen -= absorbed
     if grow:
-        chosen |= _grow(graph, cands, chosen, absorbed, _conversion_cost(sizes or {}))
+        joinable = {n for n in growable if n in cands and n not in chosen and cands[n].bias_add is None}
+        chosen |= _grow(graph, cands, chosen, absorbed, _conversion_cost(sizes or {}), joinable)
     plan = Plan()
     for node in graph.nodes:  # topological order: pass-through parameters flow forward
         if node.name not in chosen:
@@ -302,23 +306,43 @@ def _conversion_cost(sizes: dict[str, int]):
     return lambda t: float(sizes.get(t.name, typical))
 
 
-def _grow(graph, cands: dict[str, Candidate], chosen: set[str], absorbed: set[str], cost) -> set[str]:
-    """Non-anchor nodes worth running int8: those whose int8 form converts fewer elements
-    between float and int8 than their float form, given the nodes already int8 (``cost`` weighs
-    one conversion of a tensor). Monotone, so it terminates. ``absorbed`` (bias Adds folded
-    into their MatMul) count as int8 producers, never as units."""
+def _grow(graph, cands: dict[str, Candidate], chosen: set[str], absorbed: set[str], cost,
+          joinable: set[str] = frozenset()) -> set[str]:
+    """Non-anchor nodes (and the ``joinable`` anchors) worth running int8: those whose int8
+    form converts fewer elements between float and int8 than their float form, given the nodes
+    already int8 (``cost`` weighs one conversion of a tensor). Monotone, so it terminates.
+    ``absorbed`` (bias Adds folded into their MatMul) count as int8 producers, never as units."""
     grown: set[str] = set()
+    ties: set[str] = set()  # pass-throughs that joined at equal cost: they only move a DQ
     region = set(chosen) | absorbed
-    others = [c for c in cands.values() if not c.is_anchor and c.name not in absorbed]
+    others = [c for c in cands.values()
+              if (not c.is_anchor or c.name in joinable) and c.name not in absorbed]
     changed = True
     while changed:
         changed = False
         for cand in others:
             if cand.name in region:
                 continue
-            if _int8_cost(graph, cand, region, cands, cost) < _float_cost(graph, cand, region, cands, cost):
+            int8, float_ = _int8_cost(graph, cand, region, cands, cost), _float_cost(graph, cand, region, cands, cost)
+            # a pass-through is exact in int8 (it repeats its input's parameters), so at equal
+            # cost it joins: that lets the next node see an int8 input (GAP -> Flatten -> Gemm)
+            tie = int8 == float_ and cand.rule.kind == ops.PASSTHROUGH
+            if int8 < float_ or tie:
                 region.add(cand.name)
                 grown.add(cand.name)
+                if tie:
+                    ties.add(cand.name)
+                changed = True
+    # a tie that led to no int8 consumer only moved a DQ past it: undo, innermost first
+    changed = True
+    while changed:
+        changed = False
+        for name in sorted(ties):
+            out = cands[name].core_output()
+            if is_output(graph, out) or not any(u.name in region for u in out.outputs):
+                region.discard(name)
+                grown.discard(name)
+                ties.discard(name)
                 changed = True
     return grown
 

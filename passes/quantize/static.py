@@ -74,13 +74,14 @@ class Builder:
     means: dict | None = None                # per-channel input means: bias correction
     half: frozenset = frozenset()            # ``exact`` anchors whose weights are stored float16
     sizes: dict | None = None                # tensor element counts seen in calibration
+    growable: frozenset = frozenset()        # tiny products: int8 only where neighbours are
 
     def apply(self, graph: gs.Graph, anchors: set[str]) -> tuple[Plan, EmitStats, int, int]:
         """int8 for ``anchors``; int8 storage (float compute) for the weights of every other
         Conv/ConvTranspose/MatMul/Gemm except the ``exact`` ones (float16 storage for ``half``).
         Returns the plan, the emit statistics, and the weights stored int8 and float16."""
         plan = make_plan(graph, find_candidates(graph, self.ranges, self.settings), anchors, self.ranges, self.settings,
-                         sizes=self.sizes)
+                         sizes=self.sizes, growable=self.growable - self.exact)
         stats = emit(graph, plan, self.flavor, pow2=self.settings.pow2, reduce_range=self.reduce_range,
                      activation_dtype=self.settings.activation_dtype, means=self.means)
         stored = halves = 0
@@ -160,7 +161,11 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
         if cand.is_anchor and (name in o.exclude or cand.node.op in o.exclude):
             kept_float[name] = "excluded by option"
     if o.latency != "off":
-        for name, reason in latency.slow_int8(cands, shapes).items():
+        slow = latency.slow_int8(cands, shapes)
+        # a tiny product is not worth an int8 island, but next to int8 neighbours it may join
+        # their region (fewer values converted); depthwise stays float: its int8 kernel is slower
+        build.growable = frozenset(n for n in slow if n not in kept_float and not latency.is_depthwise(cands[n]))
+        for name, reason in slow.items():
             kept_float.setdefault(name, reason)
     anchors = [n for n, c in cands.items() if c.is_anchor and n not in kept_float]
     subgraphs = sum(1 for n in graph.nodes for v in n.attrs.values() if isinstance(v, gs.Graph))
@@ -264,6 +269,11 @@ def quantize_static(graph: gs.Graph, ctx: PassContext, o) -> PassResult:
 
     # emit -------------------------------------------------------------------------------------
     plan, es, tables, halves = final.apply(graph, chosen)
+    joined = final.growable & set(plan.units)
+    for name in joined:
+        kept_float.pop(name, None)  # joined its int8 neighbours: reported as int8
+    if joined:
+        stats["tiny_products_joined_int8"] = len(joined)
     stats["int8_nodes"] = es.quantized_nodes
     stats["int8_anchors"] = len(plan.anchors())
     stats["float_anchors"] = sum(1 for c in cands.values() if c.is_anchor) - len(plan.anchors())
