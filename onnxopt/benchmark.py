@@ -64,9 +64,9 @@ def model_sha256(model: onnx.ModelProto | str | Path) -> str:
     return digest.hexdigest()
 
 
-def _session(model, threads: int, device: str):
+def _session(model, threads: int, device: str, spinning: bool = True):
     providers = providers_for(device)
-    sess = validate.session(model, optimize=True, threads=threads, providers=providers)
+    sess = validate.session(model, optimize=True, threads=threads, providers=providers, spinning=spinning)
     if sess.get_providers()[0] != providers[0]:
         raise BadInputError(f"--device {device}: {providers[0]} is installed but could not start "
                             "(no usable GPU or CUDA libraries); nothing was measured")
@@ -96,9 +96,12 @@ def measure(models: dict[str, onnx.ModelProto | str | Path], feeds: dict[str, np
     """Time each model on the same feeds, interleaved round by round. ``sessions`` > 1 opens
     that many sessions per model and pools their times: two sessions of one file can differ by
     2-3% for the rest of their lives (where ORT's allocations happened to land), which decides
-    a comparison of two close models."""
+    a comparison of two close models. With more than one session their worker threads do not
+    spin between runs (see ``validate.session``), else each session's idle spinning would slow
+    whichever ran next."""
     slots = [(label, k) for label in models for k in range(max(1, sessions))]
-    live = {slot: _session(models[slot[0]], threads, device) for slot in slots}
+    alone = len(slots) == 1
+    live = {slot: _session(models[slot[0]], threads, device, spinning=alone) for slot in slots}
     names = {slot: [o.name for o in s.get_outputs()] for slot, s in live.items()}
     local = {slot: {k: v for k, v in feeds.items() if k in {i.name for i in s.get_inputs()}}
              for slot, s in live.items()}

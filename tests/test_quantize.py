@@ -499,3 +499,31 @@ def test_batchnorm_whose_shift_comes_through_an_identity_still_folds(tmp_path):
     assert stats["prepared"]["passthrough_removed"] == 1 and stats["prepared"]["affine_folded_into_conv"] == 2
     ops = fused_ops(q, tmp_path)
     assert "BatchNormalization" not in ops and ops.count("QLinearConv") == 2 and "QLinearAdd" in ops
+
+
+def test_latency_question_is_decided_once_every_round_is_clearly_on_one_side():
+    from onnxopt.passes.quantize.latency import decided
+    assert not decided([0.5] * 7, 0.05, 30)                  # too few rounds yet
+    assert decided([0.5] * 8, 0.05, 30) and decided([1.2] * 8, 0.05, 30)
+    assert not decided([0.5] * 7 + [0.97], 0.05, 30)         # one round near 1: keep measuring
+    assert not decided([0.9, 1.1] * 4, 0.05, 30)
+    # 16 of 30 planned rounds below 1: the median of all 30 is below 1, whatever comes next
+    assert not decided([0.97] * 15 + [1.01] * 3, 0.05, 30)
+    assert decided([0.97] * 16 + [1.01] * 3, 0.05, 30) and decided([1.01] * 16, 0.05, 30)
+
+
+def test_latency_guard_stops_measuring_a_clear_win_early():
+    """The guard only needs to know which side of 1 the ratio is on: a candidate many times
+    faster than the base is settled after 8 rounds instead of timing all 30."""
+    from onnxopt.passes.quantize.latency import paired_ratio
+    rng = np.random.default_rng(0)
+    weights = {f"w{i}": (rng.standard_normal((256, 256)) * 0.05).astype(np.float32) for i in range(4)}
+    chain = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 3 else "y"])
+             for i in range(4)]
+    heavy = _model(chain, [_vi("x", [64, 256])], [_vi("y", [64, 256])], weights)
+    light = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [64, 256])], [_vi("y", [64, 256])], {})
+    feeds = {"x": rng.standard_normal((64, 256)).astype(np.float32)}
+    early = paired_ratio(heavy, light, feeds, rounds=30, warmup=1, stop_margin=0.05)
+    full = paired_ratio(heavy, light, feeds, rounds=30, warmup=1)
+    assert early.rounds == 8 and full.rounds == 30
+    assert early.ratio < 0.5

@@ -161,3 +161,20 @@ def test_bench_pools_several_sessions_per_model(models):
     assert set(stats) == {"a", "b"}
     assert all(s.runs == 12 and s.median_ms > 0 for s in stats.values())
     assert stats["a"].sha256 == benchmark.model_sha256(a)
+
+
+def test_sessions_timed_side_by_side_do_not_spin(models):
+    """Interleaved sessions must not busy-wait between runs (each one's spinning workers took
+    the cores the next one ran on); a session timed alone keeps ORT's default."""
+    from onnxopt import benchmark
+
+    a, _, _ = models
+
+    def spinning(sess) -> str:
+        try:
+            return sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ORT's default, spinning on
+            return "default"
+
+    assert spinning(benchmark._session(a, 2, "cpu", spinning=False)) == "0"
+    assert spinning(benchmark._session(a, 2, "cpu")) == "default"

@@ -84,9 +84,26 @@ class Timing:
     rounds: int
 
 
+def decided(ratios: list[float], margin: float, planned: int, min_rounds: int = 8) -> bool:
+    """Is "faster than fp32?" already answered? Yes once more than half of the ``planned``
+    rounds fell on one side of 1 (the median of all of them is then on that side, whatever the
+    rest say), or once at least ``min_rounds`` rounds all fell on one side by more than
+    ``margin`` (a clear result; one noisy round keeps it measuring)."""
+    below = sum(1 for r in ratios if r < 1.0)
+    if max(below, len(ratios) - below) > planned / 2:
+        return True
+    if len(ratios) < min_rounds:
+        return False
+    return max(ratios) < 1.0 - margin or min(ratios) > 1.0 + margin
+
+
 def paired_ratio(base: onnx.ModelProto, cand: onnx.ModelProto, feeds: dict[str, np.ndarray], *,
-                 threads: int = 1, rounds: int = 30, warmup: int = 5, budget_s: float = 20.0) -> Timing:
-    sessions = [validate.session(m, optimize=True, threads=threads) for m in (base, cand)]
+                 threads: int = 1, rounds: int = 30, warmup: int = 5, budget_s: float = 20.0,
+                 stop_margin: float | None = None) -> Timing:
+    """Median of per-round time ratios, fp32 and candidate alternating first. ``stop_margin``:
+    stop early once every round so far is that far from 1 (the question is only which side)."""
+    # no spinning: two interleaved sessions' idle workers would steal each other's cores
+    sessions = [validate.session(m, optimize=True, threads=threads, spinning=False) for m in (base, cand)]
     wanted = [{i.name for i in s.get_inputs()} for s in sessions]
     local = [{k: v for k, v in feeds.items() if k in w} for w in wanted]
     for _ in range(warmup):
@@ -105,6 +122,8 @@ def paired_ratio(base: onnx.ModelProto, cand: onnx.ModelProto, feeds: dict[str, 
         t_base.append(times[0])
         t_cand.append(times[1])
         if time.perf_counter() - start > budget_s and r >= 8:
+            break
+        if stop_margin is not None and decided(ratios, stop_margin, rounds):
             break
     return Timing(statistics.median(ratios), statistics.median(t_base) * 1e3,
                   statistics.median(t_cand) * 1e3, len(ratios))
@@ -128,11 +147,11 @@ def guard(base: onnx.ModelProto, build: Callable[[set[str]], onnx.ModelProto], a
         if not current:
             break
         model = build(current)
-        timings = [paired_ratio(base, model, feeds, threads=t) for t in threads]
+        timings = [paired_ratio(base, model, feeds, threads=t, stop_margin=0.05) for t in threads]
         worst = max(timings, key=lambda t: t.ratio)
         history.append({"anchors": len(current), "ratio": round(worst.ratio, 3),
                         "threads": [t for t in threads], "fp32_ms": round(worst.fp32_ms, 3),
-                        "int8_ms": round(worst.int8_ms, 3)})
+                        "int8_ms": round(worst.int8_ms, 3), "rounds": [t.rounds for t in timings]})
         if progress is not None:
             progress("latency", step + 1, max_steps + 1)
         if worst.ratio < 1.0:
