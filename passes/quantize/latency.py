@@ -101,7 +101,7 @@ def paired_ratio(base: onnx.ModelProto, cand: onnx.ModelProto, feeds: dict[str, 
                  threads: int = 1, rounds: int = 30, warmup: int = 5, budget_s: float = 20.0,
                  stop_margin: float | None = None) -> Timing:
     """Median of per-round time ratios, fp32 and candidate alternating first. ``stop_margin``:
-    stop early once every round so far is that far from 1 (the question is only which side)."""
+    stop early once ``decided`` says which side of 1 the ratio is on (all the guard asks)."""
     # no spinning: two interleaved sessions' idle workers would steal each other's cores
     sessions = [validate.session(m, optimize=True, threads=threads, spinning=False) for m in (base, cand)]
     wanted = [{i.name for i in s.get_inputs()} for s in sessions]

@@ -333,11 +333,12 @@ def _grow(graph, cands: dict[str, Candidate], chosen: set[str], absorbed: set[st
                 if tie:
                     ties.add(cand.name)
                 changed = True
-    # a tie that led to no int8 consumer only moved a DQ past it: undo, innermost first
+    # a tie that led to no int8 consumer only moved a DQ past it: undo, until none is left
+    # (undoing one can leave the tie before it leading nowhere too)
     changed = True
     while changed:
         changed = False
-        for name in sorted(ties):
+        for name in list(ties):
             out = cands[name].core_output()
             if is_output(graph, out) or not any(u.name in region for u in out.outputs):
                 region.discard(name)
